@@ -1,0 +1,254 @@
+"""``sdenhance`` command line: enhance, models, train, evaluate, demo.
+
+Exit codes: 0 success, 1 unexpected error, 2 bad input or usage, 3 checkpoint problem, 4 out of memory.
+With ``--progress jsonl`` every line on stdout is one JSON object (start, step..., done | error), which is
+what the Slicer module's worker runner reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .io import VolumeError
+from .registry import CheckpointError
+
+EXIT_INTERNAL, EXIT_INPUT, EXIT_CHECKPOINT, EXIT_MEMORY = 1, 2, 3, 4
+
+
+class Reporter:
+    """Progress and errors for humans (tqdm bar, stderr) or for programs (JSON lines on stdout)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.bar = None
+        self.started = time.monotonic()
+        self.evaluations = 1
+        self.last_step = 0
+
+    def emit(self, event: str, **fields) -> None:
+        if self.mode == "jsonl":
+            print(json.dumps({"event": event, **fields}), flush=True)
+
+    def start(self, **fields) -> None:
+        self.evaluations = fields["evaluations"]
+        self.started = time.monotonic()
+        self.emit("start", **fields)
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            print(
+                f"device {fields['device']}, {fields['input_shape']} -> {fields['output_shape']}, "
+                f"{self.evaluations} network passes",
+                file=sys.stderr,
+            )
+            self.bar = tqdm(total=1, unit="patch", desc="enhancing", dynamic_ncols=True)
+
+    def windows(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.n = done
+            self.bar.refresh()
+        step = done * self.evaluations // total
+        if step > self.last_step:
+            self.last_step = step
+            elapsed = time.monotonic() - self.started
+            eta = elapsed * (total - done) / max(done, 1)
+            self.emit("step", step=step, total=self.evaluations, elapsed_s=round(elapsed, 2), eta_s=round(eta, 2))
+
+    def done(self, **fields) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.emit("done", seconds=round(time.monotonic() - self.started, 2), **fields)
+        if self.mode == "bar":
+            print(f"wrote {fields['output']}", file=sys.stderr)
+
+    def error(self, kind: str, message: str) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.emit("error", kind=kind, message=message)
+        print(f"error: {message}", file=sys.stderr)
+
+
+def _patch(text: str) -> tuple[int, int, int]:
+    parts = [int(p) for p in text.lower().replace("x", ",").split(",")]
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError("patch is P or Z,Y,X (e.g. 16,64,64)")
+    return tuple(parts)
+
+
+def add_enhance_parser(sub) -> None:
+    p = sub.add_parser("enhance", help="denoise or super-resolve a 3D scan")
+    p.add_argument("input", help="NIfTI / NRRD / MHA file or DICOM series folder")
+    p.add_argument("-o", "--output", required=True, help="output file (.nii.gz, .nrrd, .mha)")
+    p.add_argument("--task", choices=["denoise", "sr"], default="denoise")
+    p.add_argument("--checkpoint", help="shipped model name (see `sdenhance models`) or .safetensors path")
+    p.add_argument("--factor", type=int, choices=[2, 4], help="SR factor (default: the checkpoint's)")
+    p.add_argument("--axis", choices=["x", "y", "z"], help="SR through-plane axis (default: the checkpoint's)")
+    p.add_argument("--modality", choices=["ct", "mri", "pet"], help="default: the checkpoint's")
+    p.add_argument("--steps", type=int, help="sparse steps K (default: the checkpoint's)")
+    p.add_argument("--heun", action="store_true", help="2nd-order Heun correction (about 2x the time)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--patch", type=_patch, help="patch size P or Z,Y,X (default: the training patch)")
+    p.add_argument("--overlap", type=float, default=0.25, help="patch overlap fraction (default 0.25)")
+    p.add_argument("--batch", type=int, help="patches per network call (default 4 on CPU, 16 on GPU)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--no-skip-background", action="store_true", help="run the model on air patches too")
+    p.add_argument("--progress", choices=["bar", "jsonl", "none"], default="bar")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=run_enhance)
+
+
+def run_enhance(args) -> int:
+    reporter = Reporter(args.progress)
+    try:
+        return _enhance(args, reporter)
+    except VolumeError as exc:
+        reporter.error("input", str(exc))
+        return EXIT_INPUT
+    except FileExistsError as exc:
+        reporter.error("input", str(exc))
+        return EXIT_INPUT
+    except CheckpointError as exc:
+        reporter.error("checkpoint", str(exc))
+        return EXIT_CHECKPOINT
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+            reporter.error("memory", "out of memory: use --device cpu, a smaller --batch or a smaller --patch")
+            return EXIT_MEMORY
+        reporter.error("internal", f"{type(exc).__name__}: {exc}")
+        return EXIT_INTERNAL
+
+
+def _enhance(args, reporter: Reporter) -> int:
+    from .io import read_volume, write_volume
+    from .pipeline import EnhanceOptions, enhance_volume, plan_enhancement
+    from .registry import default_for, resolve
+
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"{output} exists; choose another output or pass --overwrite")
+    if output.resolve() == Path(args.input).resolve():
+        raise VolumeError("the output would overwrite the input; choose another output path")
+    volume = read_volume(args.input)
+    card = resolve(args.checkpoint) if args.checkpoint else default_for(args.task, args.modality)
+    options = EnhanceOptions(
+        task=args.task,
+        factor=args.factor,
+        axis=args.axis,
+        modality=args.modality,
+        steps=args.steps,
+        heun=args.heun,
+        seed=args.seed,
+        device=args.device,
+        patch=args.patch,
+        overlap=args.overlap,
+        sw_batch_size=args.batch,
+        precision=args.precision,
+        skip_background=not args.no_skip_background,
+    )
+    plan = plan_enhancement(volume, card, options)
+    reporter.start(
+        device=str(plan.device),
+        input_shape=list(volume.array.shape),
+        output_shape=list(plan.output_shape),
+        evaluations=plan.evaluations,
+        checkpoint=card.name,
+        engine_version=__version__,
+    )
+    result = enhance_volume(volume, card, options, reporter.windows)
+    write_volume(result, output, overwrite=args.overwrite)
+    reporter.done(
+        output=str(output),
+        checkpoint=card.name,
+        steps=plan.sampler.steps,
+        seed=args.seed,
+        device=str(plan.device),
+        engine_version=__version__,
+    )
+    return 0
+
+
+def add_models_parser(sub) -> None:
+    p = sub.add_parser("models", help="list the shipped models")
+    p.add_argument("--task", choices=["denoise", "sr"])
+    p.add_argument("--json", action="store_true", help="print the cards as JSON")
+    p.set_defaults(func=run_models)
+
+
+def run_models(args) -> int:
+    from .registry import list_shipped
+
+    cards = list_shipped(args.task)
+    if args.json:
+        print(json.dumps([c.meta | {"path": str(c.path)} for c in cards], indent=2))
+    elif not cards:
+        print("no shipped models yet; train one with `sdenhance train --config CONFIG.yaml`")
+    for c in cards if not args.json else []:
+        print(c.describe())
+    return 0
+
+
+def add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a YAML config (torchrun for several processes)")
+    p.add_argument("--config", required=True, help="YAML training config (see scripts/configs/)")
+    p.add_argument("--output", help="run folder (default: runs/NAME)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's state.pt")
+    p.add_argument("--max-steps", type=int, help="stop at this optimiser step (default: the config's)")
+    p.add_argument("--time-budget", type=float, help="stop after this many minutes (state is saved)")
+    p.add_argument("--schedule", choices=["sparse", "dense"], default="sparse", help="timesteps drawn in training")
+    p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args) -> int:
+    import torch
+
+    from .train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        config = TrainConfig.load(args.config)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"error: cannot use config {args.config}: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    output = Path(args.output or Path("runs") / config.name)
+    summary = train(
+        config,
+        output,
+        resume=args.resume,
+        max_steps=args.max_steps,
+        time_budget_s=args.time_budget * 60 if args.time_budget else None,
+        dense=args.schedule == "dense",
+        progress=not args.no_progress,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdenhance", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sdenhance {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_enhance_parser(sub)
+    add_models_parser(sub)
+    add_train_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Training data: a bank of (degraded, reference) volume pairs and a MONAI patch pipeline over it.
+
+The projection-domain CT simulator costs seconds per volume, far more than a training step, so each
+training volume is degraded a few times (``realisations``, at levels drawn from the configured range) and the
+pairs are kept in memory and cached on disk as .npy (resuming or re-running does not decode NIfTI or
+re-simulate). Patches are then cut on the fly: foreground-biased random crops, random flips on every axis and
+in-plane quarter turns (a mirrored or rotated body is still a plausible body; through-plane and in-plane axes
+are never mixed, since slice thickness differs between them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandRotate90d
+
+from .degrade import make_degradation
+from .io import read_volume
+from .normalize import Normalizer
+
+#: A voxel is foreground (a crop may centre on it) when its normalised reference value exceeds this:
+#: CT -500 HU (soft tissue and bone, not air or lung); PET 0.1 ~ a tenth of the body-mean uptake; MRI 5 %.
+FOREGROUND = {"ct": -0.5, "pet": 0.1, "mri": 0.05}
+
+
+@dataclass
+class Pair:
+    """A training volume (reference, native units) and its degraded realisations on the same grid."""
+
+    target: np.ndarray  # (D, H, W) reference
+    images: list[np.ndarray]  # degraded model inputs, each (D, H, W)
+    normalizers: list[Normalizer]  # one per realisation, fitted on it as at inference time
+    spacing_zyx: tuple[float, float, float]
+
+
+def load_pairs(
+    paths: list[Path],
+    modality: str,
+    degradation: dict,
+    realisations: int,
+    seed: int,
+    cache_dir: Path | None,
+) -> list[Pair]:
+    """Degrade every volume ``realisations`` times (seeded); cached on disk as one .npz per volume."""
+    degrade = make_degradation(degradation)
+    pairs = []
+    for index, path in enumerate(paths):
+        key = _cache_key(path, degradation, seed, realisations)
+        pair = _read_cache(cache_dir, key, modality)
+        if pair is None:
+            volume = read_volume(path)
+            volume = volume.with_array(volume.array.astype(np.float32))
+            runs = [degrade(volume, np.random.default_rng([seed, index, r])) for r in range(realisations)]
+            images = [degraded.array for degraded, _ in runs]
+            reference = runs[0][1]
+            pair = Pair(
+                target=reference.array,
+                images=images,
+                normalizers=[Normalizer.fit(image, modality) for image in images],
+                spacing_zyx=tuple(reversed(reference.spacing)),
+            )
+            _write_cache(cache_dir, key, pair)
+        pairs.append(pair)
+    return pairs
+
+
+def _cache_key(path: Path, degradation: dict, seed: int, realisations: int) -> str:
+    stat = path.stat()
+    text = json.dumps([path.name, stat.st_size, degradation, seed, realisations], sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _read_cache(cache_dir: Path | None, key: str, modality: str) -> Pair | None:
+    if cache_dir is None or not (cache_dir / f"{key}.npz").is_file():
+        return None
+    with np.load(cache_dir / f"{key}.npz") as z:
+        images = list(z["images"])
+        return Pair(
+            target=z["target"],
+            images=images,
+            normalizers=[Normalizer.fit(image, modality) for image in images],
+            spacing_zyx=tuple(float(s) for s in z["spacing"]),
+        )
+
+
+def _write_cache(cache_dir: Path | None, key: str, pair: Pair) -> None:
+    if cache_dir is None:
+        return
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f"{key}.partial.npz"
+    np.savez(tmp, target=pair.target, images=np.stack(pair.images), spacing=np.array(pair.spacing_zyx))
+    tmp.replace(cache_dir / f"{key}.npz")
+
+
+class PatchSampler:
+    """Endless random training patches from a list of pairs (seeded; its whole state can be saved)."""
+
+    def __init__(self, pairs: list[Pair], patch_size: tuple[int, int, int], modality: str, seed: int, fg_ratio=0.9):
+        self.pairs = pairs
+        self.rng = np.random.default_rng(seed)
+        # crops centre on the reference's foreground (90 %) so few patches are only air
+        threshold = FOREGROUND[modality]
+        self.indices = []
+        for pair in pairs:
+            foreground = pair.normalizers[0].forward(pair.target).ravel() > threshold
+            self.indices.append((np.flatnonzero(foreground), np.flatnonzero(~foreground)))
+        keys = ["image", "target"]
+        transforms = [
+            RandCropByPosNegLabeld(
+                keys=keys,
+                label_key="target",
+                spatial_size=patch_size,
+                pos=fg_ratio,
+                neg=1 - fg_ratio,
+                num_samples=1,
+                fg_indices_key="fg",
+                bg_indices_key="bg",
+            ),
+            *(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)),
+        ]
+        if patch_size[1] == patch_size[2]:
+            transforms.append(RandRotate90d(keys, prob=0.5, spatial_axes=(1, 2)))
+        self.transform = Compose(transforms).set_random_state(seed=seed)
+
+    def batch(self, size: int) -> dict[str, torch.Tensor]:
+        """``{"image", "target": (B, 1, D, H, W), "spacing": (B, 3)}``, normalised for the model."""
+        images, targets, spacings = [], [], []
+        for i in self.rng.integers(len(self.pairs), size=size):
+            pair = self.pairs[i]
+            r = int(self.rng.integers(len(pair.images)))
+            fg, bg = self.indices[i]
+            sample = self.transform(
+                {"image": pair.images[r][None], "target": pair.target[None], "fg": fg, "bg": bg}
+            )[0]
+            normalizer = pair.normalizers[r]
+            images.append(torch.as_tensor(normalizer.forward(np.asarray(sample["image"]))))
+            targets.append(torch.as_tensor(normalizer.forward(np.asarray(sample["target"]))))
+            spacings.append(pair.spacing_zyx)
+        return {
+            "image": torch.stack(images),
+            "target": torch.stack(targets),
+            "spacing": torch.tensor(spacings, dtype=torch.float32),
+        }
+
+    def state(self) -> dict:
+        """Everything random about the patch stream, as plain Python values (safe to store)."""
+        return {
+            "rng": self.rng.bit_generator.state,
+            "transforms": [_random_state(t) for t in self.transform.transforms],
+        }
+
+    def restore(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        for t, s in zip(self.transform.transforms, state["transforms"], strict=True):
+            name, keys, pos, has_gauss, cached = s
+            t.R.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _random_state(transform) -> list:
+    name, keys, pos, has_gauss, cached = transform.R.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]

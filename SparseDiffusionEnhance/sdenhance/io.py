@@ -1,0 +1,168 @@
+"""Volume I/O through SimpleITK that keeps origin, spacing and direction exactly.
+
+Arrays are numpy in SimpleITK's index order reversed, i.e. ``(z, y, x)``; ``spacing`` and ``origin`` are in
+ITK order ``(x, y, z)`` and ``direction`` is the row-major 3x3 matrix, exactly as SimpleITK reports them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+#: Axis names accepted on the command line, mapped to the numpy axis of a ``(z, y, x)`` array.
+AXIS_TO_NUMPY = {"x": 2, "y": 1, "z": 0}
+#: Largest volume we accept (voxels): a 2048^3 float32 volume is 32 GiB, beyond any sane workstation.
+MAX_VOXELS = 1024**3
+
+
+class VolumeError(ValueError):
+    """An input volume that cannot be enhanced; the message says what to do about it."""
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D scalar image with its physical geometry."""
+
+    array: np.ndarray  # (z, y, x)
+    spacing: tuple[float, float, float]  # (x, y, z) mm
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    def with_array(self, array: np.ndarray) -> Volume:
+        """Same geometry, new voxel values (the shape must not change)."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"shape {array.shape} differs from {self.array.shape}")
+        return replace(self, array=array)
+
+    def index_to_physical(self, index_xyz: np.ndarray) -> np.ndarray:
+        """Physical (LPS) coordinates of continuous indices given as rows of (i, j, k)."""
+        d = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        return np.asarray(self.origin) + (np.asarray(index_xyz, dtype=float) * self.spacing) @ d.T
+
+
+def to_sitk(volume: Volume) -> sitk.Image:
+    image = sitk.GetImageFromArray(volume.array)
+    image.SetSpacing([float(s) for s in volume.spacing])
+    image.SetOrigin([float(o) for o in volume.origin])
+    image.SetDirection([float(d) for d in volume.direction])
+    return image
+
+
+def from_sitk(image: sitk.Image) -> Volume:
+    _check_scalar_3d(image)
+    return Volume(
+        array=sitk.GetArrayFromImage(image),
+        spacing=tuple(image.GetSpacing()),
+        origin=tuple(image.GetOrigin()),
+        direction=tuple(image.GetDirection()),
+    )
+
+
+def _check_scalar_3d(image: sitk.Image) -> None:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise VolumeError(
+            f"the image has {image.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector); "
+            "convert it to a single-channel scalar volume first"
+        )
+    if image.GetDimension() == 4:
+        raise VolumeError(
+            "the image is 4D (a time series or multi-volume); extract one 3D frame first, e.g. with "
+            "SimpleITK: image[:, :, :, 0]"
+        )
+    if image.GetDimension() != 3:
+        raise VolumeError(f"the image is {image.GetDimension()}D; a 3D volume is needed")
+    size = image.GetSize()
+    if min(size) < 2:
+        raise VolumeError(f"the image has size {size}: a single slice is 2D data; load the whole series as a 3D volume")
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read NIfTI, NRRD, MHA/MHD or a DICOM series folder; raises VolumeError with advice on failure."""
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(f"input not found: {path}")
+    try:
+        if path.is_dir():
+            image = _read_dicom_series(path)
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+        raise VolumeError(
+            f"cannot read {path}: {first_line}. Supported: NIfTI (.nii/.nii.gz), NRRD, MHA/MHD, DICOM folder"
+        ) from exc
+    return from_sitk(image)
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise VolumeError(f"no DICOM series found in folder {folder}")
+    if len(series) > 1:
+        raise VolumeError(f"{folder} holds {len(series)} DICOM series; point to a folder that holds exactly one")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    return reader.Execute()
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write atomically (temp file then rename) so a failed write never leaves a half-written output."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; choose another output or pass --overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    tmp = path.with_name(f".{path.name}.partial{suffix}")
+    sitk.WriteImage(to_sitk(volume), str(tmp), useCompression=suffix in (".nii.gz", ".mha"))
+    os.replace(tmp, path)
+    return path
+
+
+def validate_intensities(array: np.ndarray) -> None:
+    """Reject volumes that no model can enhance, with a message that says what to do."""
+    if array.size > MAX_VOXELS:
+        raise VolumeError(
+            f"the volume has {array.size:,} voxels, more than the {MAX_VOXELS:,} supported; crop it first"
+        )
+    if not np.all(np.isfinite(array)):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise VolumeError(f"the volume contains {bad} NaN/Inf voxels; fix or mask them before enhancing")
+    if float(array.max()) == float(array.min()):
+        raise VolumeError(f"the volume is empty (every voxel is {float(array.min())}); nothing to enhance")
+
+
+def fine_grid(volume: Volume, factor: int, axis: str) -> Volume:
+    """Empty target grid for super-resolution: ``factor``x finer along ``axis``, same physical extent.
+
+    A low-resolution voxel of thickness s centred at c covers [c - s/2, c + s/2]; the ``factor`` fine
+    voxels inside it are centred at c - s/2 + s/(2f) + k s/f, so the origin moves by -(s/2)(1 - 1/f)
+    along that axis's direction.
+    """
+    ax = AXIS_TO_NUMPY[axis]
+    itk_ax = 2 - ax
+    spacing = list(volume.spacing)
+    shift = -0.5 * spacing[itk_ax] * (1.0 - 1.0 / factor)
+    d = np.asarray(volume.direction, dtype=float).reshape(3, 3)
+    origin = np.asarray(volume.origin, dtype=float) + shift * d[:, itk_ax]
+    spacing[itk_ax] /= factor
+    shape = list(volume.array.shape)
+    shape[ax] *= factor
+    return Volume(
+        array=np.zeros(shape, dtype=np.float32),
+        spacing=tuple(spacing),
+        origin=tuple(origin.tolist()),
+        direction=volume.direction,
+    )
+
+
+def resample_onto(volume: Volume, grid: Volume, interpolator: int = sitk.sitkBSpline) -> Volume:
+    """Resample ``volume`` onto ``grid``'s geometry (edges clamp to the nearest voxel, not to zero)."""
+    source = to_sitk(volume.with_array(volume.array.astype(np.float32)))
+    resampled = sitk.Resample(
+        source, to_sitk(grid), sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32, True
+    )  # useNearestNeighborExtrapolator: no dark border at the slab ends
+    return grid.with_array(sitk.GetArrayFromImage(resampled))

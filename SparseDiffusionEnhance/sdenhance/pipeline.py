@@ -1,0 +1,133 @@
+"""Enhance one volume end to end: checks, SR target grid, normalisation, sampling, inverse, geometry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .checkpoint import load_model, schedule_of
+from .io import AXIS_TO_NUMPY, Volume, VolumeError, fine_grid, resample_onto, validate_intensities
+from .normalize import Normalizer, output_dtype
+from .registry import CheckpointError, ModelCard, check_task
+from .sampler import ProgressFn, SamplerConfig, evaluations, sample
+
+
+@dataclass(frozen=True)
+class EnhanceOptions:
+    task: str = "denoise"
+    factor: int | None = None  # SR: defaults to the checkpoint's
+    axis: str | None = None  # SR: defaults to the checkpoint's
+    modality: str | None = None  # defaults to the checkpoint's
+    steps: int | None = None  # defaults to the checkpoint's K
+    heun: bool = False
+    seed: int = 0
+    device: str = "auto"
+    patch: tuple[int, int, int] | None = None  # defaults to the training patch
+    overlap: float = 0.25
+    sw_batch_size: int | None = None
+    precision: str = "fp32"
+    skip_background: bool = True
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise VolumeError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu")
+    return torch.device(name)
+
+
+def sampler_config(card: ModelCard, options: EnhanceOptions, device: torch.device) -> SamplerConfig:
+    """Sampling settings: the user's where given, else the checkpoint's defaults."""
+    multiple = 2 ** (len(card.meta["model"]["channels"]) - 1)
+    patch = tuple(options.patch or card.meta["patch_size"])
+    if len(patch) != 3 or any(p < multiple or p % multiple for p in patch):
+        raise VolumeError(f"patch size {patch}: each side must be a positive multiple of {multiple}")
+    if not 0 <= options.overlap < 1:
+        raise VolumeError(f"overlap {options.overlap} must be in [0, 1)")
+    return SamplerConfig(
+        steps=options.steps or card.meta["schedule"]["steps"],
+        heun=options.heun,
+        patch_size=patch,
+        overlap=options.overlap,
+        sw_batch_size=options.sw_batch_size or (16 if device.type == "cuda" else 4),
+        seed=options.seed,
+        precision=options.precision,
+        background=card.meta.get("background") if options.skip_background else None,
+    )
+
+
+def check_compatible(card: ModelCard, options: EnhanceOptions) -> tuple[str, int | None, str | None]:
+    """Modality, SR factor and axis to use; refuses a checkpoint that does not fit the request."""
+    check_task(card, options.task)
+    modality = options.modality or card.modality
+    if modality != card.modality:
+        raise CheckpointError(
+            f"checkpoint '{card.name}' was trained on {card.modality.upper()}, but the input is "
+            f"{modality.upper()}; pick a {modality.upper()} checkpoint"
+        )
+    if options.task != "sr":
+        return modality, None, None
+    factor = options.factor or card.meta["sr_factor"]
+    if factor != card.meta["sr_factor"]:
+        raise CheckpointError(
+            f"checkpoint '{card.name}' up-samples x{card.meta['sr_factor']}, not x{factor}; "
+            f"pick an x{factor} checkpoint"
+        )
+    axis = options.axis or card.meta["sr_axis"]
+    if axis not in AXIS_TO_NUMPY:
+        raise VolumeError(f"axis '{axis}' must be x, y or z")
+    return modality, factor, axis
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before sampling starts (and reported to the user)."""
+
+    modality: str
+    factor: int | None
+    axis: str | None
+    device: torch.device
+    sampler: SamplerConfig
+    output_shape: tuple[int, int, int]
+
+    @property
+    def evaluations(self) -> int:
+        return evaluations(self.sampler)
+
+
+def plan_enhancement(volume: Volume, card: ModelCard, options: EnhanceOptions) -> Plan:
+    """Validate the request against the volume and checkpoint; raises VolumeError / CheckpointError."""
+    validate_intensities(volume.array)
+    modality, factor, axis = check_compatible(card, options)
+    device = pick_device(options.device)
+    shape = list(volume.array.shape)
+    if factor:
+        shape[AXIS_TO_NUMPY[axis]] *= factor
+    return Plan(modality, factor, axis, device, sampler_config(card, options, device), tuple(shape))
+
+
+def enhance_volume(
+    volume: Volume, card: ModelCard, options: EnhanceOptions, progress: ProgressFn | None = None
+) -> Volume:
+    """The enhanced volume, in the input's units: on the input grid (denoise) or the finer SR grid."""
+    plan = plan_enhancement(volume, card, options)
+    factor, axis = plan.factor, plan.axis
+    target = volume if factor is None else resample_onto(volume, fine_grid(volume, factor, axis))
+    normalizer = Normalizer.fit(target.array, plan.modality)
+    y = normalizer.forward(target.array)
+    # an SR model learnt one through-plane axis; other axes are swapped into its place and back
+    swap = (AXIS_TO_NUMPY[axis], AXIS_TO_NUMPY[card.meta["sr_axis"]]) if factor else (0, 0)
+    spacing_zyx = list(reversed(target.spacing))
+    spacing_zyx[swap[0]], spacing_zyx[swap[1]] = spacing_zyx[swap[1]], spacing_zyx[swap[0]]
+    model, _ = load_model(card, plan.device)
+    x0 = sample(
+        model, schedule_of(card), np.swapaxes(y, *swap), tuple(spacing_zyx), plan.sampler, plan.device, progress
+    )
+    result = normalizer.inverse(np.swapaxes(x0, *swap))
+    dtype = output_dtype(volume.array.dtype, plan.modality)
+    if np.issubdtype(dtype, np.integer):
+        result = np.rint(result)
+    return target.with_array(result.astype(dtype))

@@ -1,0 +1,106 @@
+"""Find checkpoints by name and read their JSON cards without importing torch.
+
+A checkpoint is two files side by side: ``NAME.safetensors`` (weights) and ``NAME.json`` (metadata and
+model card). Shipped checkpoints live in this package's ``models/`` folder. This module only reads JSON so
+the Slicer GUI process can list models without loading torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+SHIPPED_DIR = Path(__file__).with_name("models")
+TASKS = ("denoise", "sr")
+MODALITIES = ("ct", "mri", "pet")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt or unsuitable; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    path: Path  # the .safetensors file
+    meta: dict
+
+    @property
+    def task(self) -> str:
+        return self.meta["task"]
+
+    @property
+    def modality(self) -> str:
+        return self.meta["modality"]
+
+    @property
+    def summary(self) -> str:
+        return self.meta.get("card", {}).get("summary", "")
+
+    def describe(self) -> str:
+        """One line for lists: name, task, modality and the card's summary."""
+        extra = f" x{self.meta['sr_factor']} along {self.meta['sr_axis']}" if self.task == "sr" else ""
+        return f"{self.name}: {self.modality.upper()} {self.task}{extra}. {self.summary}".strip()
+
+
+def read_card(weights_path: str | Path) -> ModelCard:
+    """Read and check the JSON beside ``weights_path``; raises CheckpointError with advice."""
+    weights_path = Path(weights_path)
+    if weights_path.suffix != ".safetensors":
+        raise CheckpointError(
+            f"{weights_path.name}: checkpoints are .safetensors files with a .json beside them "
+            "(pickled .pt/.pth files are refused because loading them can run arbitrary code)"
+        )
+    if not weights_path.is_file():
+        raise CheckpointError(f"checkpoint not found: {weights_path}")
+    meta_path = weights_path.with_suffix(".json")
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path.name} is missing; a checkpoint needs its JSON metadata beside it")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path} is not valid JSON ({exc}); re-download or re-export it") from exc
+    missing = [k for k in ("task", "modality", "model", "schedule", "patch_size") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{meta_path} lacks {', '.join(missing)}; it is not a SparseDiffusionEnhance card")
+    if meta["task"] not in TASKS or meta["modality"] not in MODALITIES:
+        raise CheckpointError(f"{meta_path}: unknown task/modality {meta['task']}/{meta['modality']}")
+    return ModelCard(name=meta.get("name", weights_path.stem), path=weights_path, meta=meta)
+
+
+def list_shipped(task: str | None = None, modality: str | None = None) -> list[ModelCard]:
+    """Shipped checkpoints, optionally filtered by task and modality, sorted by name."""
+    cards = [read_card(p) for p in sorted(SHIPPED_DIR.glob("*.safetensors"))]
+    return [c for c in cards if (task is None or c.task == task) and (modality is None or c.modality == modality)]
+
+
+def resolve(name_or_path: str) -> ModelCard:
+    """A shipped model by name (``ct-denoise``) or a path to a ``.safetensors`` file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".safetensors", ".pt", ".pth", ".ckpt") or candidate.exists():
+        return read_card(candidate)
+    shipped = SHIPPED_DIR / f"{name_or_path}.safetensors"
+    if shipped.is_file():
+        return read_card(shipped)
+    names = ", ".join(c.name for c in list_shipped()) or "none shipped yet"
+    raise CheckpointError(f"no checkpoint named '{name_or_path}' (shipped: {names}); or give a .safetensors path")
+
+
+def default_for(task: str, modality: str | None) -> ModelCard:
+    """The shipped model a task uses when no checkpoint is given (modality first, then CT)."""
+    for mod in ([modality] if modality else []) + ["ct", "mri", "pet"]:
+        cards = list_shipped(task, mod)
+        if cards:
+            return cards[0]
+    raise CheckpointError(
+        f"no shipped model for task '{task}'; pass --checkpoint PATH.safetensors (train one with sdenhance train)"
+    )
+
+
+def check_task(card: ModelCard, task: str) -> None:
+    if card.task != task:
+        raise CheckpointError(
+            f"checkpoint '{card.name}' is a {card.task} model, not {task}; pick a {task} checkpoint "
+            f"(shipped: {', '.join(c.name for c in list_shipped(task)) or 'none'})"
+        )

@@ -1,0 +1,48 @@
+"""Tiny checkpoints for tests and self-tests: random weights, real architecture, real file format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import build_meta, save_checkpoint
+from .model import ModelConfig, SparseDiffusionUNet
+from .schedule import ScheduleConfig
+
+TINY_MODEL = ModelConfig(channels=(8, 16), time_dim=16, stm_dim=8, groups=4)
+
+
+def make_tiny_checkpoint(
+    folder: str | Path,
+    task: str = "denoise",
+    modality: str = "ct",
+    sr_factor: int = 2,
+    sr_axis: str = "z",
+    seed: int = 0,
+    perturb: float = 0.01,
+) -> Path:
+    """Write ``tiny-<task>-<modality>.safetensors`` + JSON with a 16^3 patch and K = 2.
+
+    The zero-initialised output layer is perturbed (``perturb``) so the network does change its input,
+    which lets tests see that the model was really run.
+    """
+    torch.manual_seed(seed)
+    model = SparseDiffusionUNet(TINY_MODEL)
+    with torch.no_grad():
+        for p in model.head[-1].parameters():
+            p.normal_(0.0, perturb)
+    name = f"tiny-{task}-{modality}"
+    meta = build_meta(
+        name=name,
+        task=task,
+        modality=modality,
+        model=TINY_MODEL,
+        schedule=ScheduleConfig(steps=2),
+        patch_size=(16, 16, 16),
+        sr_factor=sr_factor if task == "sr" else None,
+        sr_axis=sr_axis if task == "sr" else None,
+        background=-0.9 if modality == "ct" else None,
+        card={"summary": "random weights, for tests only"},
+    )
+    return save_checkpoint(model, meta, Path(folder) / f"{name}.safetensors")

@@ -1,0 +1,363 @@
+"""Sparse-timestep trainer: ``sdenhance train --config CONFIG.yaml``.
+
+Loss: velocity-space MSE with the true noise at timesteps drawn from the sparse set (``--schedule dense``
+draws from all T, the ablation baseline). AdamW, EMA weights, gradient clipping, bf16 autocast on CUDA.
+Every ``ckpt_every`` steps the full training state (model, EMA, optimiser, step, every RNG including the
+patch stream's) is saved to ``state.pt`` so ``--resume`` continues exactly as if uninterrupted, and the EMA
+weights are exported as a checkpoint. Validation runs the real whole-volume sampler on held-out scans.
+
+Distributed: under ``torchrun --nproc_per_node N`` the model is wrapped in DistributedDataParallel (gloo on
+CPU, nccl on CUDA); each rank draws its own patches, rank 0 writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from .checkpoint import build_meta, save_checkpoint
+from .data import PatchSampler, load_pairs
+from .degrade import make_degradation
+from .io import read_volume
+from .metrics import headline, quality
+from .model import ModelConfig, SparseDiffusionUNet, count_parameters
+from .normalize import Normalizer
+from .sampler import SamplerConfig, sample
+from .schedule import NoiseSchedule, ScheduleConfig, q_sample, v_space_loss
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    task: str
+    modality: str
+    degradation: dict
+    train_files: list[str]
+    val_files: list[str] = field(default_factory=list)
+    val_degradation: dict | None = None  # fixed level for validation; default: the training spec
+    val_crop: list[int] | None = None  # centre crop (z, y, x) of each validation volume, None = whole
+    data_root: str = "."
+    realisations: int = 4
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    patch_size: tuple[int, int, int] = (16, 64, 64)
+    batch_size: int = 2
+    lr: float = 2e-4
+    warmup_steps: int = 200
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    max_steps: int = 10000
+    log_every: int = 10
+    val_every: int = 1000
+    ckpt_every: int = 250
+    seed: int = 0
+    background: float | None = None
+    card: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read YAML; relative data paths are resolved against the config file's folder."""
+        path = Path(path)
+        raw = yaml.safe_load(path.read_text())
+        raw["model"] = ModelConfig.from_dict(raw.get("model", {}))
+        raw["schedule"] = ScheduleConfig(**raw.get("schedule", {}))
+        raw["patch_size"] = tuple(raw.get("patch_size", cls.patch_size))
+        raw["data_root"] = str((path.parent / raw.get("data_root", ".")).resolve())
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+        return cls(**raw)
+
+    def paths(self, names: list[str]) -> list[Path]:
+        paths = [Path(self.data_root) / n for n in names]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"training data not found: {missing} (set data_root in the config)")
+        return paths
+
+    @property
+    def sr_factor(self) -> int | None:
+        return self.degradation.get("factor") if self.task == "sr" else None
+
+    @property
+    def sr_axis(self) -> str | None:
+        return self.degradation.get("axis", "z") if self.task == "sr" else None
+
+
+@dataclass
+class Run:
+    """The mutable training state that ``state.pt`` captures."""
+
+    model: torch.nn.Module
+    ema: AveragedModel
+    optimizer: torch.optim.Optimizer
+    sampler: PatchSampler
+    step: int = 0
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    if world > 1:
+        dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            torch.cuda.set_device(device)
+    return (dist.get_rank() if world > 1 else 0), world, device
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then constant (EMA smooths the end; training can be extended without a new schedule)."""
+    return config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+
+
+def save_state(run: Run, path: Path, samplers: list[dict]) -> None:
+    state = {
+        "model": run.model.state_dict(),
+        "ema": run.ema.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "step": run.step,
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": list(random.getstate()[1]),
+        "samplers": samplers,
+    }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state()
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(run: Run, path: Path, rank: int) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    run.model.load_state_dict(state["model"])
+    run.ema.load_state_dict(state["ema"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.step = int(state["step"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"])
+    random.setstate((3, tuple(state["python_rng"]), None))
+    run.sampler.restore(state["samplers"][rank])
+
+
+def export_checkpoint(config: TrainConfig, run: Run, out_dir: Path, metrics: dict, dense: bool) -> Path:
+    """The EMA weights as NAME.safetensors + NAME.json in ``out_dir``."""
+    meta = build_meta(
+        name=config.name,
+        task=config.task,
+        modality=config.modality,
+        model=config.model,
+        schedule=config.schedule,
+        patch_size=config.patch_size,
+        sr_factor=config.sr_factor,
+        sr_axis=config.sr_axis,
+        background=config.background,
+        training={
+            "steps": run.step,
+            "timesteps_drawn": "dense" if dense else "sparse",
+            "degradation": config.degradation,
+            "train_files": config.train_files,
+            "val_files": config.val_files,
+            "patch_size": list(config.patch_size),
+            "batch_size": config.batch_size,
+            "spacing_zyx": [list(p.spacing_zyx) for p in run.sampler.pairs],
+            "validation": metrics,
+        },
+        card=config.card,
+    )
+    return save_checkpoint(run.ema.module, meta, out_dir / f"{config.name}.safetensors")
+
+
+class Validator:
+    """Fixed degraded validation volumes (seeded) scored after whole-volume sparse sampling."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        degrade = make_degradation(config.val_degradation or config.degradation)
+        self.cases = []
+        for i, path in enumerate(config.paths(config.val_files)):
+            volume = read_volume(path)
+            # degrade the whole scan, then crop: CT noise depends on every ray through the full cross-section
+            degraded, reference = degrade(volume.with_array(volume.array.astype(np.float32)), np.random.default_rng(i))
+            crop = config.val_crop
+            self.cases.append((path.name, _centre_crop(degraded, crop), _centre_crop(reference, crop)))
+
+    def __call__(self, model: torch.nn.Module, schedule: NoiseSchedule, device: torch.device) -> dict:
+        sampler = SamplerConfig(
+            steps=self.config.schedule.steps, patch_size=self.config.patch_size, background=self.config.background
+        )
+        key = headline(self.config.modality)
+        scores = {}
+        for name, degraded, reference in self.cases:
+            normalizer = Normalizer.fit(degraded.array, self.config.modality)
+            x0 = sample(model, schedule, normalizer.forward(degraded.array), tuple(reversed(degraded.spacing)), sampler, device)
+            ours = quality(reference.array, normalizer.inverse(x0), self.config.modality)
+            base = quality(reference.array, degraded.array, self.config.modality)
+            scores[name] = ours | {f"degraded_{key}": base[key]}
+        return scores
+
+
+def _centre_crop(volume, crop: list[int] | None):
+    if crop is None:
+        return volume
+    starts = [max((s - c) // 2, 0) for s, c in zip(volume.array.shape, crop, strict=True)]
+    sl = tuple(slice(st, st + c) for st, c in zip(starts, crop, strict=True))
+    index = np.array([[starts[2], starts[1], starts[0]]], dtype=float)
+    origin = tuple(volume.index_to_physical(index)[0].tolist())
+    return type(volume)(np.ascontiguousarray(volume.array[sl]), volume.spacing, origin, volume.direction)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's bytes: equal digests mean bit-identical weights."""
+    h = hashlib.sha256()
+    for _, tensor in sorted(model.state_dict().items()):
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def train(
+    config: TrainConfig,
+    output: Path,
+    resume: bool = False,
+    max_steps: int | None = None,
+    time_budget_s: float | None = None,
+    dense: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train (or continue) and return a summary; writes state.pt, log.csv, val.csv and the checkpoint."""
+    rank, world, device = setup_distributed()
+    output.mkdir(parents=True, exist_ok=True)
+    max_steps = max_steps or config.max_steps
+    torch.manual_seed(config.seed + rank)
+    random.seed(config.seed + rank)
+    pairs = load_pairs(
+        config.paths(config.train_files),
+        config.modality,
+        config.degradation,
+        config.realisations,
+        config.seed,
+        output / "cache",
+    )
+    model = SparseDiffusionUNet(config.model).to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    run = Run(model, ema, optimizer, PatchSampler(pairs, config.patch_size, config.modality, config.seed + 1000 * rank))
+    if resume and (output / STATE_FILE).is_file():
+        load_state(run, output / STATE_FILE, rank)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    schedule = NoiseSchedule(config.schedule)
+    timesteps = schedule.training_timesteps(dense)
+    validator = Validator(config) if rank == 0 and config.val_files else None
+    log = _CsvLog(output / "log.csv", ["step", "loss", "lr", "step_s", "patches_per_s"]) if rank == 0 else None
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bar = _progress_bar(run.step, max_steps) if progress and rank == 0 else None
+    started, last_metrics, losses = time.monotonic(), {}, []
+    while run.step < max_steps and (time_budget_s is None or time.monotonic() - started < time_budget_s):
+        tick = time.monotonic()
+        batch = {k: v.to(device) for k, v in run.sampler.batch(config.batch_size).items()}
+        target = batch["target"]
+        t = timesteps[torch.randint(len(timesteps), (target.shape[0],))].to(device)
+        eps = torch.randn_like(target)
+        abar = schedule.abar(t, like=target)
+        with autocast:
+            x0_hat = net(q_sample(target, eps, abar), batch["image"], t, batch["spacing"])
+        loss = v_space_loss(x0_hat.float(), target, eps, abar)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(run.step, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        ema.update_parameters(model)
+        run.step += 1
+        losses.append(loss.item())
+        step_s = time.monotonic() - tick
+        if log and run.step % config.log_every == 0:
+            log.write([run.step, float(np.mean(losses)), lr_at(run.step - 1, config), step_s, world * config.batch_size / step_s])
+            losses = []
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.2e}")
+        if validator and (run.step % config.val_every == 0 or run.step == max_steps):
+            last_metrics = _validate(validator, ema.module, schedule, device, output, run.step)
+        if run.step % config.ckpt_every == 0:
+            _checkpoint(config, run, output, last_metrics, dense, world, rank)
+    if validator and not last_metrics:
+        last_metrics = _validate(validator, ema.module, schedule, device, output, run.step)
+    _checkpoint(config, run, output, last_metrics, dense, world, rank)
+    if bar is not None:
+        bar.close()
+    digests = _gather(weights_digest(model), world)
+    summary = {
+        "step": run.step,
+        "parameters": count_parameters(model),
+        "seconds": round(time.monotonic() - started, 1),
+        "validation": last_metrics,
+        "rank_digests": digests,
+    }
+    if rank == 0:
+        (output / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    if world > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+def _validate(validator: Validator, model, schedule, device, output: Path, step: int) -> dict:
+    scores = validator(model, schedule, device)
+    log = _CsvLog(output / "val.csv", ["step", "case", "metric", "value"])
+    for case, values in scores.items():
+        for metric, value in values.items():
+            log.write([step, case, metric, value])
+    return scores
+
+
+def _checkpoint(config, run: Run, output: Path, metrics: dict, dense: bool, world: int, rank: int) -> None:
+    samplers = _gather(run.sampler.state(), world)
+    if rank == 0:
+        save_state(run, output / STATE_FILE, samplers)
+        export_checkpoint(config, run, output, metrics, dense)
+
+
+def _gather(value, world: int) -> list:
+    if world == 1:
+        return [value]
+    values = [None] * world
+    dist.all_gather_object(values, value)
+    return values
+
+
+def _progress_bar(start: int, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", desc="training", dynamic_ncols=True)
+
+
+class _CsvLog:
+    """Append-only CSV (the header is written once, so a resumed run continues the same file)."""
+
+    def __init__(self, path: Path, header: list[str]):
+        self.path = path
+        if not path.exists():
+            with path.open("w", newline="") as f:
+                csv.writer(f).writerow(header)
+
+    def write(self, row: list) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
