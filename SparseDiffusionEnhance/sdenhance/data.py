@@ -125,11 +125,14 @@ class PatchSampler:
         ]
         if patch_size[1] == patch_size[2]:
             transforms.append(RandRotate90d(keys, prob=0.5, spatial_axes=(1, 2)))
-        self.transform = Compose(transforms).set_random_state(seed=seed)
+        self.transform = Compose(transforms)
 
     def batch(self, size: int) -> dict[str, torch.Tensor]:
         """``{"image", "target": (B, 1, D, H, W), "spacing": (B, 3)}``, normalised for the model."""
         images, targets, spacings = [], [], []
+        # MONAI transforms keep private RNGs (some nested); re-seeding them from ours per batch makes our
+        # generator the only state to save for an exact resume
+        self.transform.set_random_state(seed=int(self.rng.integers(2**31)))
         for i in self.rng.integers(len(self.pairs), size=size):
             pair = self.pairs[i]
             r = int(self.rng.integers(len(pair.images)))
@@ -148,19 +151,8 @@ class PatchSampler:
         }
 
     def state(self) -> dict:
-        """Everything random about the patch stream, as plain Python values (safe to store)."""
-        return {
-            "rng": self.rng.bit_generator.state,
-            "transforms": [_random_state(t) for t in self.transform.transforms],
-        }
+        """The patch stream's whole random state, as plain Python values (safe to store)."""
+        return self.rng.bit_generator.state
 
     def restore(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]
-        for t, s in zip(self.transform.transforms, state["transforms"], strict=True):
-            name, keys, pos, has_gauss, cached = s
-            t.R.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-def _random_state(transform) -> list:
-    name, keys, pos, has_gauss, cached = transform.R.get_state()
-    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+        self.rng.bit_generator.state = state
