@@ -1,0 +1,588 @@
+import enum
+import logging
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from SparseDiffusionEnhanceLib import (
+    SR_FACTORS,
+    Axis,
+    Device,
+    EnhanceJob,
+    EnhanceLogic,
+    EnhanceSettings,
+    Phase,
+    Task,
+    differenceVolume,
+    ensureDependencies,
+    formatDuration,
+    inputOf,
+    missingRequirements,
+    provenance,
+    readRequirements,
+    showComparison,
+)
+
+#
+# SparseDiffusionEnhance
+#
+
+
+class SparseDiffusionEnhance(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Sparse Diffusion Enhance")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Filtering")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SparseDiffusionEnhance developers"]
+        self.parent.helpText = _("""
+Denoise or super-resolve CT, MRI and PET volumes with a sparse-timestep conditional diffusion model.
+The model runs in a separate process (CPU or GPU); the panel stays responsive and Enhance turns into Cancel.
+Results keep the input's position in the patient and record how they were made (node attributes).
+See the <a href="https://github.com/SparseDiffusionEnhance/SparseDiffusionEnhance">documentation</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Built on PyTorch and MONAI. Panel and process handling follow the MONAIAuto3DSeg extension and Slicer's
+scripted module template.
+""")
+
+
+#
+# SparseDiffusionEnhanceParameterNode
+#
+
+
+@parameterNodeWrapper
+class SparseDiffusionEnhanceParameterNode:
+    """The panel's state, saved with the scene.
+
+    outputVolume - the volume to overwrite; None creates a new volume for each run.
+    resultVolume - the latest result, shown by "Show comparison".
+    checkpoint - a shipped model name or a .safetensors path (bound to the model list by hand, since
+        that list depends on the task).
+    steps, patch - 0 means the checkpoint's own default.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputVolume: vtkMRMLScalarVolumeNode
+    resultVolume: vtkMRMLScalarVolumeNode
+    task: Task = Task.DENOISE
+    factor: Annotated[int, Choice(list(SR_FACTORS))] = 2
+    axis: Axis = Axis.Z
+    checkpoint: str = ""
+    steps: Annotated[int, WithinRange(0, 1000)] = 0
+    patch: Annotated[int, WithinRange(0, 512)] = 0
+    overlap: Annotated[float, WithinRange(0.0, 0.75)] = 0.25
+    seed: Annotated[int, WithinRange(0, 99999999)] = 0
+    device: Device = Device.AUTO
+    compareAfterRun: bool = True
+    showDifference: bool = False
+
+    def settings(self) -> EnhanceSettings:
+        return EnhanceSettings(
+            task=self.task,
+            checkpoint=self.checkpoint,
+            factor=self.factor,
+            axis=self.axis,
+            steps=self.steps,
+            patch=self.patch,
+            overlap=self.overlap,
+            seed=self.seed,
+            device=self.device,
+        )
+
+
+#
+# SparseDiffusionEnhanceWidget
+#
+
+
+class ProcessingState(enum.Enum):
+    IDLE = "idle"
+    STARTING = "starting"
+    RUNNING = "running"
+    IMPORTING = "importing"
+    CANCELLING = "cancelling"
+
+
+#: Button text and whether it can be clicked, per state; while running the button is Cancel.
+BUTTON = {
+    ProcessingState.IDLE: (_("Enhance"), True),
+    ProcessingState.STARTING: (_("Starting…"), False),
+    ProcessingState.RUNNING: (_("Cancel"), True),
+    ProcessingState.IMPORTING: (_("Loading the result…"), False),
+    ProcessingState.CANCELLING: (_("Cancelling…"), False),
+}
+BROWSE = "browse"
+POLL_INTERVAL_MS = 200
+
+
+class SparseDiffusionEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._state = ProcessingState.IDLE
+        self._job = None
+        self._message = ""
+        self._listedTask = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SparseDiffusionEnhance.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = SparseDiffusionEnhanceLogic()
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self._pollJob)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
+        self.ui.checkpointComboBox.connect("activated(int)", self.onCheckpointActivated)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._cancelJob()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        # a run goes on while another module is shown; only the GUI stops following the parameter node
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._cancelJob()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        self._listedTask = None
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        """What the parameterNodeWrapper binding cannot do: task-dependent widgets and the model list."""
+        sr = self._parameterNode.task == Task.SR
+        self.ui.srLabel.visible = sr
+        self.ui.srOptionsWidget.visible = sr
+        if self._listedTask != self._parameterNode.task:
+            self._listCheckpoints()
+        self._selectCheckpoint(self._parameterNode.checkpoint)
+        self._updateControls()
+
+    # Checkpoint list: shipped models for the task, a browsed file, and "Browse…"
+
+    def _listCheckpoints(self) -> None:
+        """Fill the model list for the current task; keep the choice if it suits the task, else the first."""
+        task = self._parameterNode.task
+        self._listedTask = task
+        combo = self.ui.checkpointComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        for card in self.logic.shippedModels(task):
+            combo.addItem(card.describe(), card.name)
+        if combo.count == 0:
+            combo.addItem(_("No shipped model for this task: browse for one"), "")
+        combo.addItem(_("Browse…"), BROWSE)
+        combo.blockSignals(False)
+        chosen = self._parameterNode.checkpoint
+        if not chosen or not self.logic.checkpointSuits(chosen, task):
+            self._parameterNode.checkpoint = combo.itemData(0)
+
+    def _selectCheckpoint(self, checkpoint: str) -> None:
+        combo = self.ui.checkpointComboBox
+        index = combo.findData(checkpoint)
+        if index < 0:  # a file chosen earlier (e.g. restored with the scene)
+            combo.insertItem(combo.count - 1, Path(checkpoint).name, checkpoint)
+            index = combo.findData(checkpoint)
+        combo.setCurrentIndex(index)
+        combo.toolTip = checkpoint
+        self.ui.checkpointInfoLabel.text = self.logic.checkpointDescription(checkpoint)
+
+    def onCheckpointActivated(self, index: int) -> None:
+        data = self.ui.checkpointComboBox.itemData(index)
+        if data == BROWSE:
+            data = self._browseCheckpoint()
+        if data is not None:
+            self._parameterNode.checkpoint = data
+        self._selectCheckpoint(self._parameterNode.checkpoint)
+
+    def _browseCheckpoint(self):
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("Choose a checkpoint"), "", _("Checkpoints (*.safetensors)")
+        )
+        if not path:
+            return None
+        problem = self.logic.checkpointProblem(path, self._parameterNode.task)
+        if problem:
+            slicer.util.errorDisplay(problem, windowTitle=_("Unsuitable checkpoint"))
+            return None
+        return path
+
+    # Processing state: the one place that sets button, progress and status
+
+    def _setState(self, state: ProcessingState) -> None:
+        self._state = state
+        self._updateControls()
+        # paint now: the steps between states run on this thread without returning to the event loop
+        self.ui.applyButton.repaint()
+        self.ui.statusLabel.repaint()
+
+    def _updateControls(self) -> None:
+        idle = self._state == ProcessingState.IDLE
+        text, clickable = BUTTON[self._state]
+        reason = self._cannotStart() if idle else ""
+        self.ui.applyButton.text = text
+        self.ui.applyButton.enabled = clickable and not reason
+        self.ui.applyButton.toolTip = reason or (
+            _("Run the model on the input volume") if idle else _("Stop the run; the scene is left as it was")
+        )
+        for section in (
+            self.ui.inputsCollapsibleButton,
+            self.ui.advancedCollapsibleButton,
+            self.ui.outputsCollapsibleButton,
+        ):
+            section.enabled = idle
+        self.ui.compareButton.enabled = idle and self._comparisonPair(self._parameterNode) is not None
+        self.ui.progressBar.visible = not idle
+        progress = self._job.progress if self._job else None
+        if progress:
+            self.ui.progressBar.maximum = progress.total  # 0 while the model loads: a busy bar
+            self.ui.progressBar.value = progress.step
+        self.ui.statusLabel.text = {
+            ProcessingState.IDLE: self._message or reason or _("Ready."),
+            ProcessingState.STARTING: _("Exporting the input and starting the worker…"),
+            ProcessingState.RUNNING: progress.describe() if progress else "",
+            ProcessingState.IMPORTING: _("Loading the result into the scene…"),
+            ProcessingState.CANCELLING: _("Stopping the worker…"),
+        }[self._state]
+
+    def _cannotStart(self) -> str:
+        if not self._parameterNode or not self._parameterNode.inputVolume:
+            return _("Select an input volume.")
+        if not self._parameterNode.checkpoint:
+            return _("Choose a model: Browse… for a .safetensors checkpoint.")
+        if self._parameterNode.outputVolume == self._parameterNode.inputVolume:
+            return _("The output must differ from the input: choose another output or Create new volume.")
+        return ""
+
+    @staticmethod
+    def _comparisonPair(parameterNode):
+        """(input, latest result), or None when there is no result or its input was deleted."""
+        result = parameterNode.resultVolume if parameterNode else None
+        source = inputOf(result) if result else None
+        return (source, result) if source else None
+
+    # Running
+
+    def onApplyButton(self) -> None:
+        if self._state == ProcessingState.RUNNING:
+            self._cancelJob()
+            return
+        self._message = ""
+        self._setState(ProcessingState.STARTING)
+        try:
+            self._job = self.logic.start(self._parameterNode, onChange=self._onJobChanged)
+        except Exception as exc:
+            logging.exception("Could not start enhancing")
+            self._message = _("Not started: {error}").format(error=exc)
+            slicer.util.errorDisplay(self._message)
+        if self._job is None:
+            self._setState(ProcessingState.IDLE)
+            return
+        self._timer.start()
+        self._setState(ProcessingState.RUNNING)
+
+    def _onJobChanged(self, job) -> None:
+        if job.phase == Phase.IMPORTING:
+            self._setState(ProcessingState.IMPORTING)
+        elif self._state == ProcessingState.RUNNING:
+            self._updateControls()
+
+    def _pollJob(self) -> None:
+        if self._job.poll():
+            return
+        self._finishJob()
+
+    def _cancelJob(self) -> None:
+        if self._job is None:
+            return
+        self._timer.stop()
+        self._setState(ProcessingState.CANCELLING)
+        self._job.cancel()
+        self._finishJob()
+
+    def _finishJob(self) -> None:
+        self._timer.stop()
+        job, self._job = self._job, None
+        parameterNode = self.logic.getParameterNode()  # the run may end while another module is shown
+        if job.phase == Phase.DONE:
+            seconds = float(provenance(job.outputNode).get("seconds") or 0)
+            self._message = _("Done in {time}: {name}").format(
+                time=formatDuration(seconds), name=job.outputNode.GetName()
+            )
+            parameterNode.resultVolume = job.outputNode
+        elif job.phase == Phase.CANCELLED:
+            self._message = _("Cancelled; the scene was left as it was.")
+        else:
+            self._message = _("Failed: {error}").format(error=job.error.message)
+            slicer.util.errorDisplay(job.error.userMessage(), detailedText=job.error.logTail)
+        self._setState(ProcessingState.IDLE)
+        if job.phase == Phase.DONE and parameterNode.compareAfterRun:
+            self.onCompareButton()
+
+    def onCompareButton(self) -> None:
+        parameterNode = self.logic.getParameterNode()
+        pair = self._comparisonPair(parameterNode)
+        if pair is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not show the comparison."), waitCursor=True):
+            self.logic.showComparison(*pair, showDifference=parameterNode.showDifference)
+
+
+#
+# SparseDiffusionEnhanceLogic
+#
+
+
+class SparseDiffusionEnhanceLogic(ScriptedLoadableModuleLogic, EnhanceLogic):
+    """Slicer facade over ``SparseDiffusionEnhanceLib.EnhanceLogic``, usable from the Python console:
+
+    logic = slicer.util.getModuleLogic("SparseDiffusionEnhance")
+    enhanced = logic.enhance(volumeNode, task="denoise", checkpoint="ct-denoise")
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        EnhanceLogic.__init__(self, tempRoot=slicer.app.temporaryPath)
+
+    def getParameterNode(self):
+        return SparseDiffusionEnhanceParameterNode(super().getParameterNode())
+
+    def ensureDependencies(self) -> bool:
+        """Offer to install missing Python packages; True when the worker can run."""
+        return ensureDependencies(slicer.util.confirmOkCancelDisplay)
+
+    def enhance(self, inputNode, *args, **kwargs):
+        self._requireDependencies()
+        return EnhanceLogic.enhance(self, inputNode, *args, **kwargs)
+
+    def enhanceFiles(self, paths, outputDir, *args, **kwargs):
+        self._requireDependencies()
+        return EnhanceLogic.enhanceFiles(self, paths, outputDir, *args, **kwargs)
+
+    def _requireDependencies(self) -> None:
+        if not self.ensureDependencies():
+            raise RuntimeError("Python packages the engine needs are missing; see the module's requirements.txt")
+
+    def start(self, parameterNode, onChange=None):
+        """Start a run from the panel's parameters; None if the user declined to install dependencies."""
+        if not self.ensureDependencies():
+            return None
+        job = EnhanceJob(
+            parameterNode.inputVolume,
+            parameterNode.settings(),
+            parameterNode.outputVolume,
+            self.python,
+            self.tempRoot,
+            onChange,
+        )
+        return job.start()
+
+    def showComparison(self, inputNode, enhancedNode, showDifference: bool = False) -> None:
+        overlay = differenceVolume(inputNode, enhancedNode) if showDifference else None
+        showComparison(slicer.app.applicationLogic(), inputNode, enhancedNode, overlay)
+        slicer.util.resetSliceViews()
+
+    # Checkpoints, from their JSON cards only (the registry never imports torch)
+
+    @staticmethod
+    def shippedModels(task: Task):
+        from sdenhance import registry
+
+        return registry.list_shipped(task.value)
+
+    @staticmethod
+    def checkpointProblem(nameOrPath: str, task: Task) -> str:
+        """Why a checkpoint cannot be used for ``task``, or "" if it can."""
+        from sdenhance import registry
+
+        try:
+            registry.check_task(registry.resolve(nameOrPath), task.value)
+        except registry.CheckpointError as exc:
+            return str(exc)
+        return ""
+
+    def checkpointSuits(self, nameOrPath: str, task: Task) -> bool:
+        return not self.checkpointProblem(nameOrPath, task)
+
+    @staticmethod
+    def checkpointDescription(nameOrPath: str) -> str:
+        from sdenhance import registry
+
+        if not nameOrPath:
+            return ""
+        try:
+            return registry.resolve(nameOrPath).describe()
+        except registry.CheckpointError as exc:
+            return str(exc)
+
+
+#
+# SparseDiffusionEnhanceTest
+#
+
+
+class SparseDiffusionEnhanceTest(ScriptedLoadableModuleTest):
+    """Self-test on a synthetic volume with a tiny random-weight checkpoint made on the spot (no download)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_ParameterNodeSavedWithScene()
+        self.setUp()
+        self.test_PanelWidgetsAreBound()
+        if missingRequirements(readRequirements()):
+            self.delayDisplay("Engine dependencies are not installed: skipping the runs with the engine")
+            return
+        self.setUp()
+        self.test_EnhanceAndCompare()
+
+    @staticmethod
+    def ijkToRAS(volumeNode):
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        return slicer.util.arrayFromVTKMatrix(matrix)
+
+    def syntheticVolume(self):
+        zz, yy, xx = np.mgrid[-1:1:12j, -1:1:20j, -1:1:24j]
+        array = 900 * np.exp(-3 * (xx**2 + yy**2 + zz**2)) - 400 + np.random.default_rng(0).normal(0, 30, xx.shape)
+        ijkToRAS = np.array([[0.8, 0, 0, -10], [0, 0.7, 0.2, 5], [0, -0.1, 2.5, 30], [0, 0, 0, 1]])
+        return slicer.util.addVolumeFromArray(array.astype(np.int16), ijkToRAS, name="Synthetic CT")
+
+    def tinyCheckpoint(self, folder, task):
+        """The engine's random-weight test checkpoint, made by the worker's Python (torch stays out of Slicer)."""
+        code = "import sys; from sdenhance.testing import make_tiny_checkpoint; "
+        code += "print(make_tiny_checkpoint(sys.argv[1], task=sys.argv[2]))"
+        environment = {"PYTHONPATH": str(Path(__file__).parent)}
+        process = slicer.util.launchConsoleProcess(
+            [self.logic().python, "-c", code, folder, task], updateEnvironment=environment
+        )
+        output = process.communicate()[0]
+        self.assertEqual(process.returncode, 0, output)
+        return output.strip().splitlines()[-1]
+
+    def logic(self):
+        return SparseDiffusionEnhanceLogic()
+
+    def test_ParameterNodeSavedWithScene(self):
+        self.delayDisplay("Parameter node through scene save and load")
+        volume = self.syntheticVolume()
+        parameters = self.logic().getParameterNode()
+        parameters.inputVolume = volume
+        parameters.task = Task.SR
+        parameters.factor = 4
+        parameters.axis = Axis.X
+        parameters.steps = 7
+        parameters.device = Device.CPU
+        parameters.checkpoint = "ct-sr"
+
+        slicer.mrmlScene.SetSaveToXMLString(1)
+        slicer.mrmlScene.Commit()
+        slicer.mrmlScene.SetSaveToXMLString(0)
+        scene = slicer.vtkMRMLScene()
+        scene.SetLoadFromXMLString(1)
+        scene.SetSceneXMLString(slicer.mrmlScene.GetSceneXMLString())
+        scene.Import()
+
+        restored = SparseDiffusionEnhanceParameterNode(
+            scene.GetSingletonNode("SparseDiffusionEnhance", "vtkMRMLScriptedModuleNode")
+        )
+        self.assertEqual(restored.inputVolume.GetName(), "Synthetic CT")
+        self.assertEqual((restored.task, restored.factor, restored.axis), (Task.SR, 4, Axis.X))
+        self.assertEqual((restored.steps, restored.device, restored.checkpoint), (7, Device.CPU, "ct-sr"))
+        settings = restored.settings()
+        self.assertEqual(settings.workerEnvironment(), {"CUDA_VISIBLE_DEVICES": "-1"})
+
+    def test_PanelWidgetsAreBound(self):
+        self.delayDisplay("Panel: task switches the options, Enhance needs an input")
+        widget = slicer.util.getModuleWidget("SparseDiffusionEnhance")
+        widget.initializeParameterNode()
+        parameters = widget.logic.getParameterNode()
+        parameters.inputVolume = None
+        self.assertFalse(widget.ui.applyButton.enabled)
+        parameters.inputVolume = self.syntheticVolume()
+        parameters.task = Task.SR
+        self.assertFalse(widget.ui.srOptionsWidget.isHidden())
+        self.assertEqual(widget.ui.taskComboBox.currentText, Task.SR.label())
+        parameters.task = Task.DENOISE
+        self.assertTrue(widget.ui.srOptionsWidget.isHidden())
+        self.assertEqual(widget.ui.checkpointComboBox.itemText(widget.ui.checkpointComboBox.count - 1), "Browse…")
+        self.assertEqual(widget.ui.applyButton.text, "Enhance")
+
+    def test_EnhanceAndCompare(self):
+        self.delayDisplay("Denoise a synthetic volume with a tiny model, then compare")
+        volume = self.syntheticVolume()
+        logic = self.logic()
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = self.tinyCheckpoint(folder, "denoise")
+            enhanced = logic.enhance(volume, task="denoise", checkpoint=checkpoint, device="cpu")
+        self.assertEqual(enhanced.GetImageData().GetDimensions(), volume.GetImageData().GetDimensions())
+        self.assertTrue(np.allclose(self.ijkToRAS(enhanced), self.ijkToRAS(volume)))
+        self.assertEqual(provenance(enhanced)["checkpoint"], "tiny-denoise-ct")
+        self.assertEqual(inputOf(enhanced).GetID(), volume.GetID())
+
+        logic.showComparison(volume, enhanced, showDifference=True)
+        layoutManager = slicer.app.layoutManager()
+        self.assertEqual(layoutManager.layout, slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+        red = layoutManager.sliceWidget("Red").mrmlSliceCompositeNode()
+        yellow = layoutManager.sliceWidget("Yellow").mrmlSliceCompositeNode()
+        self.assertEqual(red.GetBackgroundVolumeID(), volume.GetID())
+        self.assertEqual(yellow.GetBackgroundVolumeID(), enhanced.GetID())
+        self.assertTrue(red.GetLinkedControl() and yellow.GetLinkedControl())
+        self.assertIsNotNone(yellow.GetForegroundVolumeID())
+        self.delayDisplay("Test passed")

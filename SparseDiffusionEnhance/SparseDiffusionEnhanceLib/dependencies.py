@@ -1,0 +1,80 @@
+"""Python packages the worker needs in Slicer's Python, checked from package metadata (nothing is imported).
+
+Installing is only ever done after the user agreed, from an explicit call (never at module import): torch
+through the PyTorch extension when it is installed (it picks the build matching the GPU driver), the rest
+through ``slicer.packaging.pip_ensure`` (Slicer 5.12 and later) or ``slicer.util.pip_install``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
+
+
+def readRequirements(path: Path = REQUIREMENTS_FILE) -> list[Requirement]:
+    lines = (line.split("#")[0].strip() for line in Path(path).read_text().splitlines())
+    return [Requirement(line) for line in lines if line]
+
+
+def isSatisfied(requirement: Requirement) -> bool:
+    try:
+        version = importlib.metadata.version(requirement.name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return requirement.specifier.contains(version, prereleases=True)
+
+
+def missingRequirements(requirements: list[Requirement]) -> list[Requirement]:
+    return [r for r in requirements if not isSatisfied(r)]
+
+
+def ensureDependencies(confirm: Callable[[str], bool], requirements: list[Requirement] | None = None) -> bool:
+    """Install what is missing if ``confirm(question)`` agrees; True when everything is then present."""
+    requirements = readRequirements() if requirements is None else requirements
+    missing = missingRequirements(requirements)
+    if not missing:
+        return True
+    names = ", ".join(str(r) for r in missing)
+    question = (
+        f"Sparse Diffusion Enhance needs these Python packages in Slicer: {names}.\n\n"
+        "Download and install them now? This can take several minutes (PyTorch is large)."
+    )
+    if not confirm(question):
+        logging.info("Installation of %s declined", names)
+        return False
+    torch = [r for r in missing if r.name == "torch"]
+    if torch:
+        installTorch(torch[0])
+    others = [r for r in missing if r.name != "torch"]
+    if others:
+        installPackages(others)
+    return not missingRequirements(requirements)
+
+
+def installTorch(requirement: Requirement) -> None:
+    if importlib.util.find_spec("PyTorchUtils") is not None:
+        import PyTorchUtils
+
+        PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=False, torchVersionRequirement=str(requirement.specifier)
+        )
+    else:
+        installPackages([requirement])
+
+
+def installPackages(requirements: list[Requirement]) -> None:
+    import slicer
+
+    if importlib.util.find_spec("slicer.packaging") is not None:
+        import slicer.packaging
+
+        slicer.packaging.pip_ensure(requirements, prompt_install=False, requester="SparseDiffusionEnhance")
+    else:
+        slicer.util.pip_install([str(r) for r in requirements])

@@ -1,0 +1,94 @@
+"""What one enhancement run asks of the engine, and how that becomes a worker command line."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class Task(enum.Enum):
+    DENOISE = "denoise"
+    SR = "sr"
+
+    def label(self) -> str:
+        """Text shown in the panel (parameterNodeWrapper's combo box connector calls this)."""
+        return {"denoise": "Denoise", "sr": "Super-resolution"}[self.value]
+
+
+class Axis(enum.Enum):
+    Z = "z"
+    Y = "y"
+    X = "x"
+
+    def label(self) -> str:
+        return {"z": "z (slice axis)", "y": "y", "x": "x"}[self.value]
+
+
+class Device(enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    GPU = "cuda"
+
+    def label(self) -> str:
+        return {"auto": "Auto (GPU if available)", "cpu": "CPU", "cuda": "GPU (CUDA)"}[self.value]
+
+
+SR_FACTORS = (2, 4)
+
+
+@dataclass(frozen=True)
+class EnhanceSettings:
+    """Engine options of one run; strings are accepted where an enum is expected (batch use).
+
+    Zero for ``steps`` or ``patch`` and an empty ``checkpoint`` mean "the checkpoint's own default".
+    """
+
+    task: Task = Task.DENOISE
+    checkpoint: str = ""
+    factor: int = 2
+    axis: Axis = Axis.Z
+    steps: int = 0
+    patch: int = 0
+    overlap: float = 0.25
+    seed: int = 0
+    device: Device = Device.AUTO
+
+    def __post_init__(self):
+        # frozen dataclass: coercion must go through object.__setattr__
+        object.__setattr__(self, "task", Task(self.task))
+        object.__setattr__(self, "axis", Axis(self.axis))
+        object.__setattr__(self, "device", Device(self.device))
+        object.__setattr__(self, "checkpoint", str(self.checkpoint or ""))
+        if self.factor not in SR_FACTORS:
+            raise ValueError(f"factor {self.factor}: super-resolution supports x2 and x4")
+        if self.steps < 0 or self.patch < 0 or self.seed < 0:
+            raise ValueError("steps, patch and seed must not be negative")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap {self.overlap} must be in [0, 1)")
+
+    def workerArguments(self, inputPath: Path, outputPath: Path) -> list[str]:
+        """Arguments after the Python executable for ``python -m sdenhance enhance``."""
+        args = ["-m", "sdenhance", "enhance", str(inputPath), "-o", str(outputPath)]
+        args += ["--task", self.task.value, "--seed", str(self.seed), "--device", self.device.value]
+        args += ["--overlap", str(self.overlap), "--overwrite", "--progress", "jsonl"]
+        if self.checkpoint:
+            args += ["--checkpoint", self.checkpoint]
+        if self.task == Task.SR:
+            args += ["--factor", str(self.factor), "--axis", self.axis.value]
+        if self.steps:
+            args += ["--steps", str(self.steps)]
+        if self.patch:
+            args += ["--patch", str(self.patch)]
+        return args
+
+    def workerEnvironment(self) -> dict[str, str]:
+        """Variables to add to the worker's environment."""
+        # a CPU run must not even initialise CUDA: that costs seconds and GPU memory other apps may need
+        return {"CUDA_VISIBLE_DEVICES": "-1"} if self.device == Device.CPU else {}
+
+    def describe(self) -> str:
+        """Short label for node names: "denoise" or "super-resolution x2 z"."""
+        if self.task == Task.SR:
+            return f"super-resolution x{self.factor} {self.axis.value}"
+        return "denoise"

@@ -1,0 +1,171 @@
+"""The worker runner and the enhance API with the real engine on tiny random-weight checkpoints."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+
+import numpy as np
+import pytest
+from sde_slicer_helpers import SLICER_CORE_MISSING, ijkToRAS, voxelCornersRAS
+
+slicer = pytest.importorskip("slicer", reason=SLICER_CORE_MISSING)
+psutil = pytest.importorskip("psutil")
+
+from SparseDiffusionEnhanceLib import (  # noqa: E402
+    EnhanceLogic,
+    EnhanceSettings,
+    Phase,
+    Progress,
+    WorkerError,
+    WorkerProcess,
+    formatDuration,
+    parseEvent,
+    provenance,
+)
+
+
+def test_progress_lines_are_told_apart_from_other_output():
+    assert parseEvent('{"event": "step", "step": 1, "total": 4}') == {"event": "step", "step": 1, "total": 4}
+    assert parseEvent("UserWarning: something") is None
+    assert parseEvent('{"not": "an event"}') is None
+    assert parseEvent("{broken json") is None
+
+
+def test_progress_text_gives_steps_and_time_left():
+    assert Progress().describe() == "Loading the model…"
+    assert (
+        Progress(step=3, total=10, remaining=85, device="cpu").describe() == "Step 3 of 10, about 1 min 25 s left (cpu)"
+    )
+    assert formatDuration(7300) == "2 h 01 min"
+
+
+def test_settings_become_worker_arguments():
+    settings = EnhanceSettings(task="sr", checkpoint="ct-sr", factor=4, axis="x", steps=5, patch=32, device="cpu")
+    args = settings.workerArguments("in.nrrd", "out.nrrd")
+    assert args[:6] == ["-m", "sdenhance", "enhance", "in.nrrd", "-o", "out.nrrd"]
+    for option, value in [("--task", "sr"), ("--factor", "4"), ("--axis", "x"), ("--steps", "5"), ("--patch", "32")]:
+        assert args[args.index(option) + 1] == value
+    assert settings.workerEnvironment() == {"CUDA_VISIBLE_DEVICES": "-1"}
+    defaults = EnhanceSettings().workerArguments("in.nrrd", "out.nrrd")
+    assert "--steps" not in defaults and "--checkpoint" not in defaults and "--factor" not in defaults
+    with pytest.raises(ValueError, match="x2 and x4"):
+        EnhanceSettings(factor=3)
+
+
+@pytest.fixture
+def logic(tmp_path):
+    """The batch logic, running the worker with this interpreter and its temporary files in an empty folder."""
+    tempRoot = tmp_path / "temp"
+    tempRoot.mkdir()
+    return EnhanceLogic(python=sys.executable, tempRoot=str(tempRoot))
+
+
+def test_enhance_runs_the_engine_and_imports_the_result(logic, obliqueVolume, scene, tinyCheckpoints):
+    seen = []
+    output = logic.enhance(
+        obliqueVolume,
+        task="denoise",
+        checkpoint=str(tinyCheckpoints["denoise"]),
+        device="cpu",
+        seed=3,
+        onChange=lambda job: seen.append((job.phase, job.progress.step if job.progress else None)),
+    )
+    assert (Phase.RUNNING, 2) in seen and seen[-1][0] == Phase.DONE
+    assert Phase.IMPORTING in [phase for phase, _ in seen]
+    assert output.GetName() == "CT oblique enhanced (denoise)"
+    np.testing.assert_allclose(ijkToRAS(output), ijkToRAS(obliqueVolume), atol=1e-9)
+    enhanced = slicer.util.arrayFromVolume(output)
+    assert enhanced.shape == slicer.util.arrayFromVolume(obliqueVolume).shape
+    assert not np.array_equal(enhanced, slicer.util.arrayFromVolume(obliqueVolume))  # the network did run
+    attributes = provenance(output)
+    assert attributes["checkpoint"] == "tiny-denoise-ct" and attributes["seed"] == "3"
+    assert attributes["device"] == "cpu" and attributes["steps"] == "2" and float(attributes["seconds"]) > 0
+    assert os.listdir(logic.tempRoot) == []  # temporary files removed
+
+
+def test_super_resolution_result_lands_on_the_fine_grid(logic, obliqueVolume, tinyCheckpoints):
+    output = logic.enhance(
+        obliqueVolume, task="sr", checkpoint=str(tinyCheckpoints["sr"]), factor=2, axis="z", device="cpu"
+    )
+    assert output.GetImageData().GetDimensions() == (12, 14, 20)
+    np.testing.assert_allclose(voxelCornersRAS(output), voxelCornersRAS(obliqueVolume), atol=1e-6)
+    assert provenance(output)["factor"] == "2"
+    assert os.listdir(logic.tempRoot) == []
+
+
+def test_a_bad_checkpoint_fails_clearly_and_leaves_the_scene_alone(logic, obliqueVolume, scene, tmp_path):
+    nodesBefore = scene.GetNumberOfNodes()
+    with pytest.raises(WorkerError) as failure:
+        logic.enhance(obliqueVolume, checkpoint=str(tmp_path / "missing.safetensors"), device="cpu")
+    assert failure.value.kind == "checkpoint"
+    assert "not found" in failure.value.message and "Choose another checkpoint" in failure.value.userMessage()
+    assert scene.GetNumberOfNodes() == nodesBefore
+    assert os.listdir(logic.tempRoot) == []
+
+
+@pytest.fixture
+def launcher(tmp_path):
+    """Like PythonSlicer, a launcher that starts Python as its child instead of replacing itself with it."""
+    path = tmp_path / "launcher.sh"
+    path.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\n')
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the stand-in launcher is a shell script, the input a FIFO")
+def test_cancel_kills_the_whole_process_tree(tmp_path, launcher):
+    # a FIFO nobody writes to: the worker blocks reading it, so only Cancel can end it
+    blocked = tmp_path / "never-written.nrrd"
+    os.mkfifo(blocked)
+    worker = WorkerProcess(EnhanceSettings().workerArguments(blocked, tmp_path / "out.nrrd"), python=launcher)
+    worker.start()
+    launcherProcess = psutil.Process(worker.pid)
+    deadline = time.monotonic() + 20
+    while not launcherProcess.children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tree = [launcherProcess, *launcherProcess.children(recursive=True)]
+    try:
+        assert len(tree) >= 2, "the worker did not start under the launcher"
+        worker.cancel()
+        alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert alive == []
+        assert worker.error.kind == "cancelled"
+    finally:
+        for process in tree:  # never leave a blocked worker behind, even when the test fails
+            if process.is_running():
+                process.kill()
+
+
+def test_a_cancelled_job_leaves_the_scene_and_no_files(logic, obliqueVolume, scene, tinyCheckpoints):
+    nodesBefore = scene.GetNumberOfNodes()
+    job = logic.enhance(obliqueVolume, checkpoint=str(tinyCheckpoints["denoise"]), device="cpu", wait=False)
+    assert job.phase == Phase.RUNNING and job.folder.is_dir()
+
+    job.cancel()
+
+    assert job.phase == Phase.CANCELLED and job.error.kind == "cancelled"
+    assert not psutil.pid_exists(job.worker.pid) or psutil.Process(job.worker.pid).status() == psutil.STATUS_ZOMBIE
+    assert os.listdir(logic.tempRoot) == []
+    assert scene.GetNumberOfNodes() == nodesBefore
+
+
+def test_enhance_files_writes_each_result_and_reports_failures(logic, tmp_path, obliqueVolume, tinyCheckpoints):
+    from SparseDiffusionEnhanceLib import exportVolume
+
+    good = exportVolume(obliqueVolume, tmp_path, "scan.nrrd")
+    missing = tmp_path / "missing.nii.gz"
+    events = []
+    with pytest.raises(RuntimeError, match="1 of 2 files failed") as failure:
+        logic.enhanceFiles(
+            [missing, good],
+            tmp_path / "out",
+            checkpoint=str(tinyCheckpoints["denoise"]),
+            device="cpu",
+            onProgress=lambda path, event: events.append((path.name, event["event"])),
+        )
+    assert "missing.nii.gz" in str(failure.value)
+    assert (tmp_path / "out" / "scan_enhanced_denoise.nrrd").is_file()
+    assert ("scan.nrrd", "done") in events and ("missing.nii.gz", "error") in events

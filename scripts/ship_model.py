@@ -1,0 +1,89 @@
+"""Copy a trained run's checkpoint into the package's shipped models, completing its model card.
+
+    python scripts/ship_model.py runs/ct-denoise [--evaluation eval/ct-denoise/results.json]
+
+The card gets: training scans with their licences (from the data MANIFEST.md), the degradation and its
+parameter range, the voxel spacing range seen in training, K, the normalisation, the validation metrics the
+trainer measured (and the evaluation table when given) and the known limits written in the training config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from sdenhance.normalize import __doc__ as NORMALISATION_DOC
+from sdenhance.registry import SHIPPED_DIR, read_card
+
+DATA_MANIFEST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "MANIFEST.md"
+
+
+def licences(files: list[str], manifest: Path) -> dict[str, str]:
+    """The licence column of the manifest's table row for each training file."""
+    rows = {}
+    if manifest.is_file():
+        for line in manifest.read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) >= 4:
+                rows[cells[0]] = cells[3]
+    return {f: rows.get(f, "see the data manifest") for f in files}
+
+
+def normalisation_text(modality: str) -> str:
+    prefix = {"ct": "- CT:", "mri": "- MRI:", "pet": "- PET:"}[modality]
+    lines = NORMALISATION_DOC.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(prefix))
+    text = [lines[start][2:]]
+    for line in lines[start + 1 :]:
+        if not line.startswith("  "):
+            break
+        text.append(line.strip())
+    return " ".join(text)
+
+
+def spacing_range(spacings: list[list[float]]) -> dict[str, list[float]]:
+    """Min and max voxel size (mm) per axis over the training volumes."""
+    axes = list(zip(*spacings, strict=True))
+    return {name: [round(min(a), 3), round(max(a), 3)] for name, a in zip("zyx", axes, strict=True)}
+
+
+def complete_card(meta: dict, evaluation: dict | None) -> dict:
+    training = meta["training"]
+    card = dict(meta.get("card", {}))
+    card |= {
+        "task": meta["task"],
+        "modality": meta["modality"],
+        "training_scans": licences(training["train_files"], DATA_MANIFEST),
+        "validation_scans": training["val_files"],
+        "degradation": training["degradation"],
+        "spacing_range_mm": spacing_range(training["spacing_zyx"]),
+        "sparse_steps_K": meta["schedule"]["steps"],
+        "timesteps_T": meta["schedule"]["timesteps"],
+        "normalisation": normalisation_text(meta["modality"]),
+        "training_steps": training["steps"],
+        "validation_metrics": training["validation"],
+    }
+    if evaluation is not None:
+        card["evaluation"] = evaluation
+    return meta | {"card": card}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="training run folder (holds NAME.safetensors + NAME.json)")
+    parser.add_argument("--evaluation", type=Path, help="results.json written by `sdenhance evaluate`")
+    args = parser.parse_args()
+    weights = next(args.run.glob("*.safetensors"))
+    meta = read_card(weights).meta
+    evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
+    SHIPPED_DIR.mkdir(exist_ok=True)
+    shipped = SHIPPED_DIR / weights.name
+    shutil.copyfile(weights, shipped)
+    shipped.with_suffix(".json").write_text(json.dumps(complete_card(meta, evaluation), indent=2) + "\n")
+    print(f"shipped {shipped} ({shipped.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Train, or continue training, the shipped models and ship them into the package.
+# Every run resumes from runs/NAME/state.pt, so rerunning the script adds MINUTES more per model.
+#
+#   scripts/train_models.sh [MINUTES_PER_MODEL] [NAME ...]     (default: 60 minutes, every config)
+#
+# Data: the real scans in ../shared/data (see each config's data_root and file lists).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+minutes=${1:-60}
+shift || true
+names=("$@")
+if [ ${#names[@]} -eq 0 ]; then
+  names=(ct-denoise ct-sr4 pet-denoise mri-denoise)
+fi
+for name in "${names[@]}"; do
+  sdenhance train --config "scripts/configs/$name.yaml" --output "runs/$name" --resume \
+    --time-budget "$minutes" --no-progress
+  python scripts/ship_model.py "runs/$name"
+done
