@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .io import VolumeError
-from .registry import CheckpointError
+from .demo import add_demo_parser
+from .evaluate import add_evaluate_parser
+from .io import VolumeError, read_volume, validate_intensities, write_volume
+from .registry import CheckpointError, default_for, list_shipped, resolve
 
 EXIT_INTERNAL, EXIT_INPUT, EXIT_CHECKPOINT, EXIT_MEMORY = 1, 2, 3, 4
 
@@ -128,17 +130,17 @@ def run_enhance(args) -> int:
 
 
 def _enhance(args, reporter: Reporter) -> int:
-    from .io import read_volume, write_volume
-    from .pipeline import EnhanceOptions, enhance_volume, plan_enhancement
-    from .registry import default_for, resolve
-
     output = Path(args.output)
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"{output} exists; choose another output or pass --overwrite")
     if output.resolve() == Path(args.input).resolve():
         raise VolumeError("the output would overwrite the input; choose another output path")
     volume = read_volume(args.input)
+    validate_intensities(volume.array)
     card = resolve(args.checkpoint) if args.checkpoint else default_for(args.task, args.modality)
+    # torch loads only now, so a bad input or checkpoint fails at once
+    from .pipeline import EnhanceOptions, enhance_volume, plan_enhancement
+
     options = EnhanceOptions(
         task=args.task,
         factor=args.factor,
@@ -184,8 +186,6 @@ def add_models_parser(sub) -> None:
 
 
 def run_models(args) -> int:
-    from .registry import list_shipped
-
     cards = list_shipped(args.task)
     if args.json:
         print(json.dumps([c.meta | {"path": str(c.path)} for c in cards], indent=2))
@@ -242,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_enhance_parser(sub)
     add_models_parser(sub)
     add_train_parser(sub)
+    add_evaluate_parser(sub)
+    add_demo_parser(sub)
     return parser
 
 
