@@ -24,7 +24,7 @@ def licences(files: list[str], manifest: Path) -> dict[str, str]:
     """The licence column of the manifest's table row for each training file."""
     rows = {}
     if manifest.is_file():
-        for line in manifest.read_text().splitlines():
+        for line in manifest.read_text(encoding="utf-8").splitlines():
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if len(cells) >= 4:
                 rows[cells[0]] = cells[3]
@@ -77,11 +77,11 @@ def main() -> None:
     args = parser.parse_args()
     weights = next(args.run.glob("*.safetensors"))
     meta = read_card(weights).meta
-    evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
+    evaluation = json.loads(args.evaluation.read_text(encoding="utf-8")) if args.evaluation else None
     SHIPPED_DIR.mkdir(exist_ok=True)
     shipped = SHIPPED_DIR / weights.name
     shutil.copyfile(weights, shipped)
-    shipped.with_suffix(".json").write_text(json.dumps(complete_card(meta, evaluation), indent=2) + "\n")
+    shipped.with_suffix(".json").write_text(json.dumps(complete_card(meta, evaluation), indent=2) + "\n", encoding="utf-8")
     print(f"shipped {shipped} ({shipped.stat().st_size / 1e6:.1f} MB)")
 
 

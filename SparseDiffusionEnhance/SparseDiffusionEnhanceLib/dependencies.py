@@ -19,7 +19,7 @@ REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "Resources" / "require
 
 
 def readRequirements(path: Path = REQUIREMENTS_FILE) -> list[Requirement]:
-    lines = (line.split("#")[0].strip() for line in Path(path).read_text().splitlines())
+    lines = (line.split("#")[0].strip() for line in Path(path).read_text(encoding="utf-8").splitlines())
     return [Requirement(line) for line in lines if line]
 
 

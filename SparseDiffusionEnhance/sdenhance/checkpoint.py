@@ -64,7 +64,7 @@ def save_checkpoint(model: torch.nn.Module, meta: dict, weights_path: str | Path
     os.replace(tmp, weights_path)
     meta_path = weights_path.with_suffix(".json")
     tmp_meta = meta_path.with_name(meta_path.name + ".partial")
-    tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp_meta.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp_meta, meta_path)
     return weights_path
 

@@ -58,7 +58,7 @@ def read_card(weights_path: str | Path) -> ModelCard:
     if not meta_path.is_file():
         raise CheckpointError(f"{meta_path.name} is missing; a checkpoint needs its JSON metadata beside it")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{meta_path} is not valid JSON ({exc}); re-download or re-export it") from exc
     missing = [k for k in ("task", "modality", "model", "schedule", "patch_size") if k not in meta]

@@ -72,7 +72,7 @@ class TrainConfig:
     def load(cls, path: str | Path) -> TrainConfig:
         """Read YAML; relative data paths are resolved against the config file's folder."""
         path = Path(path)
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         raw["model"] = ModelConfig.from_dict(raw.get("model", {}))
         raw["schedule"] = ScheduleConfig(**raw.get("schedule", {}))
         raw["patch_size"] = tuple(raw.get("patch_size", cls.patch_size))
@@ -313,7 +313,7 @@ def train(
         "rank_digests": digests,
     }
     if rank == 0:
-        (output / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+        (output / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False), encoding="utf-8")
     if world > 1:
         dist.destroy_process_group()
     return summary

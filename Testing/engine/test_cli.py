@@ -108,7 +108,7 @@ def test_checkpoint_problems_exit_3(tmp_path, ct_file, tiny_checkpoints, capsys)
     assert "pickled" in _events(capsys)[-1]["message"]
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"garbage" * 10)
-    corrupt.with_suffix(".json").write_text(tiny_checkpoints["denoise"].with_suffix(".json").read_text())
+    corrupt.with_suffix(".json").write_text(tiny_checkpoints["denoise"].with_suffix(".json").read_text(encoding="utf-8"))
     assert run(corrupt) == 3
     assert "corrupt" in _events(capsys)[-1]["message"]
     assert not (tmp_path / "o.nrrd").exists()

@@ -45,7 +45,7 @@ def config_file(tmp_path):
 
 
 def test_config_rejects_unknown_settings(tmp_path, config_file):
-    raw = yaml.safe_load(config_file.read_text()) | {"learning_rate": 1}
+    raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) | {"learning_rate": 1}
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match="learning_rate"):
@@ -57,8 +57,8 @@ def test_training_writes_logs_and_a_loadable_checkpoint(tmp_path, config_file):
     summary = train(TrainConfig.load(config_file), tmp_path / "run", progress=False)
     run = tmp_path / "run"
     assert summary["step"] == 6
-    assert (run / "log.csv").read_text().count("\n") == 7  # header + one row per step
-    val = (run / "val.csv").read_text()
+    assert (run / "log.csv").read_text(encoding="utf-8").count("\n") == 7  # header + one row per step
+    val = (run / "val.csv").read_text(encoding="utf-8")
     assert "psnr_p995" in val and "p1.nii.gz" in val
     model, card = load_model(run / "tiny.safetensors")
     assert card.meta["training"]["steps"] == 6 and card.meta["task"] == "denoise"
@@ -89,6 +89,6 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path, config_file):
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = yaml.safe_load((tmp_path / "ddp" / "summary.yaml").read_text())
+    summary = yaml.safe_load((tmp_path / "ddp" / "summary.yaml").read_text(encoding="utf-8"))
     assert len(summary["rank_digests"]) == 2
     assert summary["rank_digests"][0] == summary["rank_digests"][1]

@@ -15,7 +15,7 @@ from SparseDiffusionEnhanceLib import ensureDependencies, missingRequirements, r
 
 
 def test_module_requirements_match_the_engine_package():
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     declared = [Requirement(r) for r in project["dependencies"]]
     declared += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
     specifiers = {r.name: r.specifier for r in declared}

@@ -25,13 +25,13 @@ def uiWidgets() -> dict[str, str | None]:
 
 
 def parameterFields() -> set[str]:
-    tree = ast.parse(MODULE_FILE.read_text())
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SparseDiffusionEnhanceParameterNode")
     return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
 
 
 def test_every_widget_the_code_uses_is_in_the_ui():
-    used = set(re.findall(r"\.ui\.(\w+)", MODULE_FILE.read_text()))
+    used = set(re.findall(r"\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
     assert used, "the module code uses no widget: the pattern is out of date"
     assert used - set(uiWidgets()) == set()
 
@@ -51,7 +51,7 @@ def cmakeList(text: str, variable: str) -> set[str]:
 
 
 def test_cmake_packages_every_module_file_and_resource():
-    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.glob("*.py")}
     scripts |= {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.glob("SparseDiffusionEnhanceLib/*.py")}
     resources = {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file()}
