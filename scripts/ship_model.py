@@ -81,7 +81,9 @@ def main() -> None:
     SHIPPED_DIR.mkdir(exist_ok=True)
     shipped = SHIPPED_DIR / weights.name
     shutil.copyfile(weights, shipped)
-    shipped.with_suffix(".json").write_text(json.dumps(complete_card(meta, evaluation), indent=2) + "\n", encoding="utf-8")
+    shipped.with_suffix(".json").write_text(
+        json.dumps(complete_card(meta, evaluation), indent=2) + "\n", encoding="utf-8"
+    )
     print(f"shipped {shipped} ({shipped.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def _write_cache(cache_dir: Path | None, key: str, pair: Pair) -> None:
     if cache_dir is None:
         return
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f"{key}.partial.npz"
+    tmp = cache_dir / f"{key}.{os.getpid()}.partial.npz"  # DDP ranks may write the same entry at once
     np.savez(tmp, target=pair.target, images=np.stack(pair.images), spacing=np.array(pair.spacing_zyx))
     tmp.replace(cache_dir / f"{key}.npz")
 
@@ -137,9 +138,7 @@ class PatchSampler:
             pair = self.pairs[i]
             r = int(self.rng.integers(len(pair.images)))
             fg, bg = self.indices[i]
-            sample = self.transform(
-                {"image": pair.images[r][None], "target": pair.target[None], "fg": fg, "bg": bg}
-            )[0]
+            sample = self.transform({"image": pair.images[r][None], "target": pair.target[None], "fg": fg, "bg": bg})[0]
             normalizer = pair.normalizers[r]
             images.append(torch.as_tensor(normalizer.forward(np.asarray(sample["image"]))))
             targets.append(torch.as_tensor(normalizer.forward(np.asarray(sample["target"]))))

@@ -166,3 +166,11 @@ def resample_onto(volume: Volume, grid: Volume, interpolator: int = sitk.sitkBSp
         source, to_sitk(grid), sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32, True
     )  # useNearestNeighborExtrapolator: no dark border at the slab ends
     return grid.with_array(sitk.GetArrayFromImage(resampled))
+
+
+def centre_crop(volume: Volume, size: tuple[int, int, int] | list[int]) -> Volume:
+    """The central ``size`` (z, y, x) block of ``volume`` (clamped to its shape), geometry kept exact."""
+    starts = [max((s - c) // 2, 0) for s, c in zip(volume.array.shape, size, strict=True)]
+    block = tuple(slice(start, start + c) for start, c in zip(starts, size, strict=True))
+    origin = volume.index_to_physical(np.array([starts[::-1]], dtype=float))[0]
+    return replace(volume, array=np.ascontiguousarray(volume.array[block]), origin=tuple(origin.tolist()))

@@ -48,7 +48,11 @@ def torso_phantom(
     liver = _ellipsoid(grid, (0, 0.3 * half_y, -0.4 * half_x), (1e9, 0.22 * half_y, 0.3 * half_x)) <= 1
     hu[liver] = 60.0 + _texture(shape, rng, sigma=3.0, amplitude=5.0)[liver]
     for contrast, radius in ((-30.0, 6.0), (-15.0, 8.0), (25.0, 5.0)):  # small low-contrast lesions
-        centre = (rng.uniform(-0.3, 0.3) * nz * spacing[2], 0.3 * half_y + rng.uniform(-8, 8), -0.4 * half_x + rng.uniform(-15, 15))
+        centre = (
+            rng.uniform(-0.3, 0.3) * nz * spacing[2],
+            0.3 * half_y + rng.uniform(-8, 8),
+            -0.4 * half_x + rng.uniform(-15, 15),
+        )
         hu[(_ellipsoid(grid, centre, (radius, radius, radius)) <= 1) & liver] += contrast
     _add_spine_and_ribs(hu, grid, half_y, half_x, nz * spacing[2])
     return Volume(np.clip(np.rint(hu), -1024, 3071).astype(np.int16), spacing)

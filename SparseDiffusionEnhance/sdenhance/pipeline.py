@@ -27,7 +27,7 @@ class EnhanceOptions:
     patch: tuple[int, int, int] | None = None  # defaults to the training patch
     overlap: float = 0.25
     sw_batch_size: int | None = None
-    precision: str = "fp32"
+    precision: str = "auto"  # fp32 | bf16 | fp16 | auto (see pick_precision)
     skip_background: bool = True
 
 
@@ -37,6 +37,16 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise VolumeError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu")
     return torch.device(name)
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    """``auto`` is bf16 autocast on CPUs with AMX, where scripts/benchmark.py measured it ~4x faster than float32
+    at the same PSNR (within 0.001 dB; outputs differ by at most 0.4 HU, RMS 0.05 HU, less than rounding to
+    integer HU); float32 elsewhere (CPUs without AMX, CUDA) until measured there."""
+    if name != "auto":
+        return name
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if device.type == "cpu" and amx else "fp32"
 
 
 def sampler_config(card: ModelCard, options: EnhanceOptions, device: torch.device) -> SamplerConfig:
@@ -54,7 +64,7 @@ def sampler_config(card: ModelCard, options: EnhanceOptions, device: torch.devic
         overlap=options.overlap,
         sw_batch_size=options.sw_batch_size or (16 if device.type == "cuda" else 4),
         seed=options.seed,
-        precision=options.precision,
+        precision=pick_precision(options.precision, device),
         background=card.meta.get("background") if options.skip_background else None,
     )
 

@@ -12,6 +12,7 @@ Three separate pieces, each tested on its own:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class SamplerConfig:
     sw_batch_size: int = 4
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast for the network only)
+    channels_last: bool | None = None  # channels-last 3D network; None: only where it was measured faster
     background: float | None = None  # windows whose degraded input is entirely below this are skipped
 
 
@@ -75,11 +77,16 @@ def evaluations(config: SamplerConfig) -> int:
     return 2 * config.steps - 1 if config.heun else config.steps
 
 
-def count_windows(shape: tuple[int, ...], patch: tuple[int, ...], overlap: float) -> int:
-    """Windows per whole-volume pass, using the same scan rule as ``sliding_window_inference``."""
+def window_slices(shape: tuple[int, ...], patch: tuple[int, ...], overlap: float) -> list[tuple[slice, ...]]:
+    """The windows of one whole-volume pass, by the same scan rule as ``sliding_window_inference``."""
     image = [max(s, p) for s, p in zip(shape, patch, strict=True)]
     interval = [p if s == p else max(int(p * (1 - overlap)), 1) for s, p in zip(image, patch, strict=True)]
-    return len(dense_patch_slices(image, patch, interval))
+    return dense_patch_slices(image, patch, interval)
+
+
+def count_windows(shape: tuple[int, ...], patch: tuple[int, ...], overlap: float) -> int:
+    """Windows per whole-volume pass."""
+    return len(window_slices(shape, patch, overlap))
 
 
 class PatchDenoiser:
@@ -134,7 +141,7 @@ class PatchDenoiser:
     def _run_model(self, x_t: torch.Tensor, y: torch.Tensor, slices: list) -> torch.Tensor:
         n = x_t.shape[0]
         t = torch.full((n,), self.t, dtype=torch.long, device=self.device)
-        with _autocast(self.device, self.config.precision):
+        with network_context(self.config, self.device):
             content = self._content(y, slices)
             x0 = self.model(x_t, y, t, self.spacing.expand(n, 3), content)
         return x0.float()
@@ -151,10 +158,28 @@ class PatchDenoiser:
         return torch.stack([self.content_cache[k] for k in keys])
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
+def uses_channels_last(config: SamplerConfig, device: torch.device) -> bool:
+    """Channels-last 3D pays off with bf16 autocast on CPU (oneDNN on AMX: sampling 1.6x faster); it was
+    neutral in float32 there and is unmeasured on CUDA, so elsewhere it is used only when asked for."""
+    if config.channels_last is not None:
+        return config.channels_last
+    return device.type == "cpu" and config.precision == "bf16"
+
+
+def prepare_model(model: SparseDiffusionUNet, config: SamplerConfig, device: torch.device) -> SparseDiffusionUNet:
+    """The network as the sampler runs it: in eval mode and, where it is faster, a channels-last copy (the
+    caller's model is never converted, so a trainer can sample with its live model)."""
+    model = model.eval()
+    if uses_channels_last(config, device):
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
+    return model
+
+
+def network_context(config: SamplerConfig, device: torch.device):
+    """Autocast for the network call only (the update rules and the stitching stay float32)."""
+    if config.precision == "fp32":
         return torch.autocast(device.type, enabled=False)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[config.precision]
     return torch.autocast(device.type, dtype=dtype)
 
 
@@ -181,7 +206,7 @@ def sample(
         if progress is not None:
             progress(done, total)
 
-    denoiser = PatchDenoiser(model.eval(), y_t, spacing_zyx, config, device, on_windows)
+    denoiser = PatchDenoiser(prepare_model(model, config, device), y_t, spacing_zyx, config, device, on_windows)
     abar = schedule.alphas_cumprod
     timesteps = schedule.sparse_timesteps(config.steps)
     t_start = max(timesteps)

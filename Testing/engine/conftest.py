@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from sdenhance.io import Volume, write_volume
 from sdenhance.testing import make_tiny_checkpoint
 

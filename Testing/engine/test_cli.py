@@ -6,7 +6,6 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from sdenhance.cli import main
 from sdenhance.io import fine_grid, read_volume, write_volume
 
@@ -22,8 +21,20 @@ def _events(capsys):
 def test_denoise_keeps_geometry_and_reports_jsonl(tmp_path, ct_file, tiny_checkpoints, capsys):
     before = _digest(ct_file)
     out = tmp_path / "out.nii.gz"
-    code = main(["enhance", str(ct_file), "-o", str(out), "--checkpoint", str(tiny_checkpoints["denoise"]),
-                 "--progress", "jsonl", "--steps", "2"])
+    code = main(
+        [
+            "enhance",
+            str(ct_file),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(tiny_checkpoints["denoise"]),
+            "--progress",
+            "jsonl",
+            "--steps",
+            "2",
+        ]
+    )
     assert code == 0
     events = _events(capsys)
     assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "done"
@@ -41,8 +52,23 @@ def test_denoise_keeps_geometry_and_reports_jsonl(tmp_path, ct_file, tiny_checkp
 
 def test_sr_output_has_finer_grid_with_same_extent(tmp_path, ct_file, tiny_checkpoints):
     out = tmp_path / "sr.nrrd"
-    assert main(["enhance", str(ct_file), "-o", str(out), "--task", "sr",
-                 "--checkpoint", str(tiny_checkpoints["sr"]), "--progress", "none"]) == 0
+    assert (
+        main(
+            [
+                "enhance",
+                str(ct_file),
+                "-o",
+                str(out),
+                "--task",
+                "sr",
+                "--checkpoint",
+                str(tiny_checkpoints["sr"]),
+                "--progress",
+                "none",
+            ]
+        )
+        == 0
+    )
     result, expected = read_volume(out), fine_grid(read_volume(ct_file), 2, "z")
     assert result.array.shape == expected.array.shape == (20, 24, 20)
     np.testing.assert_allclose(result.origin, expected.origin, atol=1e-5)
@@ -52,8 +78,16 @@ def test_sr_output_has_finer_grid_with_same_extent(tmp_path, ct_file, tiny_check
 def test_existing_output_needs_overwrite(tmp_path, ct_file, tiny_checkpoints):
     out = tmp_path / "out.nrrd"
     out.write_bytes(b"precious")
-    args = ["enhance", str(ct_file), "-o", str(out), "--checkpoint", str(tiny_checkpoints["denoise"]),
-            "--progress", "none"]
+    args = [
+        "enhance",
+        str(ct_file),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(tiny_checkpoints["denoise"]),
+        "--progress",
+        "none",
+    ]
     assert main(args) == 2
     assert out.read_bytes() == b"precious"
     assert main([*args, "--overwrite"]) == 0
@@ -76,8 +110,21 @@ def _write(tmp_path, image, name="bad.nrrd"):
 )
 def test_bad_inputs_exit_2_with_advice(tmp_path, tiny_checkpoints, capsys, make_input, code, message):
     path = make_input(tmp_path)
-    assert main(["enhance", str(path), "-o", str(tmp_path / "o.nrrd"),
-                 "--checkpoint", str(tiny_checkpoints["denoise"]), "--progress", "jsonl"]) == code
+    assert (
+        main(
+            [
+                "enhance",
+                str(path),
+                "-o",
+                str(tmp_path / "o.nrrd"),
+                "--checkpoint",
+                str(tiny_checkpoints["denoise"]),
+                "--progress",
+                "jsonl",
+            ]
+        )
+        == code
+    )
     error = _events(capsys)[-1]
     assert error["event"] == "error" and error["kind"] == "input" and message in error["message"]
     assert not (tmp_path / "o.nrrd").exists()
@@ -88,15 +135,28 @@ def test_nan_volume_is_refused(tmp_path, tiny_checkpoints, capsys):
     array[2, 2, 2] = np.inf
     path = tmp_path / "nan.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
-    assert main(["enhance", str(path), "-o", str(tmp_path / "o.nrrd"),
-                 "--checkpoint", str(tiny_checkpoints["denoise"])]) == 2
+    assert (
+        main(["enhance", str(path), "-o", str(tmp_path / "o.nrrd"), "--checkpoint", str(tiny_checkpoints["denoise"])])
+        == 2
+    )
     assert "NaN/Inf" in capsys.readouterr().err
 
 
 def test_checkpoint_problems_exit_3(tmp_path, ct_file, tiny_checkpoints, capsys):
     def run(checkpoint, *extra):
-        return main(["enhance", str(ct_file), "-o", str(tmp_path / "o.nrrd"), "--checkpoint", str(checkpoint),
-                     "--progress", "jsonl", *extra])
+        return main(
+            [
+                "enhance",
+                str(ct_file),
+                "-o",
+                str(tmp_path / "o.nrrd"),
+                "--checkpoint",
+                str(checkpoint),
+                "--progress",
+                "jsonl",
+                *extra,
+            ]
+        )
 
     assert run(tmp_path / "missing.safetensors") == 3
     assert run(tiny_checkpoints["sr"]) == 3  # an SR model asked to denoise
@@ -108,7 +168,9 @@ def test_checkpoint_problems_exit_3(tmp_path, ct_file, tiny_checkpoints, capsys)
     assert "pickled" in _events(capsys)[-1]["message"]
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"garbage" * 10)
-    corrupt.with_suffix(".json").write_text(tiny_checkpoints["denoise"].with_suffix(".json").read_text(encoding="utf-8"))
+    corrupt.with_suffix(".json").write_text(
+        tiny_checkpoints["denoise"].with_suffix(".json").read_text(encoding="utf-8")
+    )
     assert run(corrupt) == 3
     assert "corrupt" in _events(capsys)[-1]["message"]
     assert not (tmp_path / "o.nrrd").exists()
@@ -118,9 +180,24 @@ def test_module_entry_point_runs_as_a_process(tmp_path, ct_file, tiny_checkpoint
     """What the Slicer worker launches: `python -m sdenhance enhance ... --progress jsonl`."""
     out = tmp_path / "o.mha"
     proc = subprocess.run(
-        [sys.executable, "-m", "sdenhance", "enhance", str(ct_file), "-o", str(out),
-         "--checkpoint", str(tiny_checkpoints["denoise"]), "--progress", "jsonl", "--device", "cpu"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "sdenhance",
+            "enhance",
+            str(ct_file),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(tiny_checkpoints["denoise"]),
+            "--progress",
+            "jsonl",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -137,9 +214,24 @@ def test_models_lists_nothing_or_valid_cards(capsys):
 def test_write_then_enhance_small_volume_smaller_than_patch(tmp_path, tiny_checkpoints):
     from sdenhance.io import Volume
 
-    path = write_volume(Volume(np.linspace(-500, 500, 4 * 5 * 6).reshape(4, 5, 6).astype(np.float32), (1.0, 1.0, 1.0)),
-                        tmp_path / "small.nrrd")
-    assert main(["enhance", str(path), "-o", str(tmp_path / "o.nrrd"), "--checkpoint",
-                 str(tiny_checkpoints["denoise"]), "--progress", "none"]) == 0
+    path = write_volume(
+        Volume(np.linspace(-500, 500, 4 * 5 * 6).reshape(4, 5, 6).astype(np.float32), (1.0, 1.0, 1.0)),
+        tmp_path / "small.nrrd",
+    )
+    assert (
+        main(
+            [
+                "enhance",
+                str(path),
+                "-o",
+                str(tmp_path / "o.nrrd"),
+                "--checkpoint",
+                str(tiny_checkpoints["denoise"]),
+                "--progress",
+                "none",
+            ]
+        )
+        == 0
+    )
     result = read_volume(tmp_path / "o.nrrd")
     assert result.array.shape == (4, 5, 6) and result.array.dtype == np.float32

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from sdenhance.io import Volume, VolumeError, fine_grid, read_volume, validate_intensities, write_volume
 
 OBLIQUE = tuple(sitk.VersorTransform((0.2, 0.3, 0.9), 0.4).GetMatrix())

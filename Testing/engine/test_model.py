@@ -1,5 +1,4 @@
 import torch
-
 from sdenhance.model import ModelConfig, SparseDiffusionUNet, count_parameters
 
 SMALL = ModelConfig(channels=(8, 16, 32), time_dim=16, stm_dim=8, groups=4)

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from sdenhance.normalize import Normalizer, output_dtype
 
 
@@ -18,7 +17,9 @@ def test_inverse_is_exact_within_the_valid_range(modality):
 
 def test_ct_is_fixed_hounsfield_scaling_with_clipping():
     normalizer = Normalizer.fit(np.array([0.0, 1.0]), "ct")
-    np.testing.assert_allclose(normalizer.forward(np.array([-3024.0, -1000.0, 0.0, 5000.0])), [-1.024, -1.0, 0.0, 3.071])
+    np.testing.assert_allclose(
+        normalizer.forward(np.array([-3024.0, -1000.0, 0.0, 5000.0])), [-1.024, -1.0, 0.0, 3.071]
+    )
 
 
 def test_mri_percentiles_map_to_unit_range():

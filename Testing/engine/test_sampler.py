@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-
 from sdenhance.model import ModelConfig, SparseDiffusionUNet
 from sdenhance.sampler import SamplerConfig, count_windows, ddim_step, heun_step, sample, sampling_pairs
 from sdenhance.schedule import NoiseSchedule, ScheduleConfig, q_sample
@@ -60,7 +59,13 @@ def test_whole_volume_sampling_is_seamless_and_uses_sparse_timesteps():
 
 def test_volume_smaller_than_patch_is_padded_and_cropped_back():
     oracle, y = CountingOracle(), _volume((3, 10, 40))
-    out = sample(oracle, NoiseSchedule(ScheduleConfig(steps=2)), y, (1.0, 1.0, 1.0), SamplerConfig(steps=2, patch_size=(8, 16, 16)))
+    out = sample(
+        oracle,
+        NoiseSchedule(ScheduleConfig(steps=2)),
+        y,
+        (1.0, 1.0, 1.0),
+        SamplerConfig(steps=2, patch_size=(8, 16, 16)),
+    )
     np.testing.assert_allclose(out, 2 * y + 1, atol=1e-5)
 
 

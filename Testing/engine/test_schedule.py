@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from sdenhance.schedule import NoiseSchedule, ScheduleConfig, eps_from_x0, q_sample, v_space_loss, velocity
 
 
@@ -8,7 +7,7 @@ def test_sparse_set_is_uniform_and_includes_both_ends():
     schedule = NoiseSchedule(ScheduleConfig(timesteps=1000, steps=5))
     ts = schedule.sparse_timesteps()
     assert ts[0] == 0 and ts[-1] == 999 and len(ts) == 6
-    gaps = [b - a for a, b in zip(ts, ts[1:])]
+    gaps = [b - a for a, b in zip(ts, ts[1:], strict=False)]
     assert max(gaps) - min(gaps) <= 1
 
 

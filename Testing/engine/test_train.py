@@ -7,7 +7,6 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-
 from sdenhance.checkpoint import load_model
 from sdenhance.io import Volume, write_volume
 from sdenhance.phantom import torso_phantom
@@ -83,10 +82,29 @@ def test_resume_continues_exactly_as_if_uninterrupted(tmp_path, config_file):
 @pytest.mark.skipif(shutil.which("torchrun") is None and sys.platform == "win32", reason="needs torchrun")
 def test_two_process_ddp_ends_with_identical_weights(tmp_path, config_file):
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-         "-m", "sdenhance", "train", "--config", str(config_file), "--output", str(tmp_path / "ddp"),
-         "--max-steps", "4", "--threads", "1", "--no-progress"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "sdenhance",
+            "train",
+            "--config",
+            str(config_file),
+            "--output",
+            str(tmp_path / "ddp"),
+            "--max-steps",
+            "4",
+            "--threads",
+            "1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = yaml.safe_load((tmp_path / "ddp" / "summary.yaml").read_text(encoding="utf-8"))

@@ -1,0 +1,43 @@
+"""scripts/benchmark.py runs end to end in --quick mode on a tiny checkpoint (not a timed test)."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
+
+
+def _numbers(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _numbers(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _numbers(v)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield value
+
+
+def test_quick_benchmark_writes_every_figure(tmp_path, tiny_checkpoints, monkeypatch):
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    benchmark = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "benchmark", benchmark)  # dataclasses look their module up there
+    spec.loader.exec_module(benchmark)
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--threads", "1", "--checkpoint", str(tiny_checkpoints["denoise"]), "--precisions", "fp32"]
+    assert benchmark.main([*argv, "--dense-steps", "6", "--sweep-steps", "1", "2", "--out", str(out)]) == 0
+
+    results = json.loads(out.read_text())
+    assert set(benchmark.BENCHMARKS) <= set(results)
+    assert all(math.isfinite(v) for v in _numbers(results))
+    assert results["overhead"]["by_precision"]["fp32"]["overhead"] > 0
+    assert results["throughput"]["by_precision"]["fp32"]["voxels_per_s_per_step"] > 0
+    assert results["sparse_dense"]["dense"]["evaluations"] == 6
+    rows = [(r["steps"], r["heun"], r["overlap"]) for r in results["steps"]["rows"]]
+    assert rows == [(1, False, 0.25), (2, False, 0.25), (2, True, 0.25), (2, False, 0.125)]  # tiny model: K = 2
+    assert all(run["peak_rss_gb"] > 0 for run in results["memory"]["runs"])
+    assert results["endtoend"]["wall_s"] > 0 and "psnr_window" in results["endtoend"]["enhanced"]
+    reference = results["reference"]["volumes"][0]
+    assert reference["reference_tflops"] > reference["ours_tflops"] > 0
