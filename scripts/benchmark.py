@@ -1,9 +1,9 @@
 """Speed, memory and cost benchmarks of the sdenhance engine (issue 6): they print figures and write JSON.
 They are measurements, not tests; run them on an otherwise idle machine for figures worth quoting.
 
-    python scripts/benchmark.py --checkpoint /tmp/ct-denoise.safetensors --threads 2 --out bench-cpu.json
+    python scripts/benchmark.py --checkpoint ct-denoise --threads 2 --out bench-cpu.json
     python scripts/benchmark.py --quick --threads 1 --out bench-quick.json       # small volumes, minutes
-    python scripts/benchmark.py --device cuda --checkpoint /tmp/ct-denoise.safetensors --out bench-gpu.json
+    python scripts/benchmark.py --device cuda --checkpoint ct-denoise --out bench-gpu.json
     python scripts/benchmark.py --only overhead throughput --precisions fp32 bf16 --repeats 2
 
 Benchmarks (names for --only), sizes as (z, y, x):

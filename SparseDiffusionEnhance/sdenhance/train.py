@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel
 from .checkpoint import build_meta, save_checkpoint
 from .data import PatchSampler, load_pairs
 from .degrade import make_degradation
-from .io import read_volume
+from .io import centre_crop, read_volume
 from .metrics import headline, quality
 from .model import ModelConfig, SparseDiffusionUNet, count_parameters
 from .normalize import Normalizer
@@ -208,7 +208,7 @@ class Validator:
             # degrade the whole scan, then crop: CT noise depends on every ray through the full cross-section
             degraded, reference = degrade(volume.with_array(volume.array.astype(np.float32)), np.random.default_rng(i))
             crop = config.val_crop
-            self.cases.append((path.name, _centre_crop(degraded, crop), _centre_crop(reference, crop)))
+            self.cases.append((path.name, _maybe_crop(degraded, crop), _maybe_crop(reference, crop)))
 
     def __call__(self, model: torch.nn.Module, schedule: NoiseSchedule, device: torch.device) -> dict:
         sampler = SamplerConfig(
@@ -227,14 +227,8 @@ class Validator:
         return scores
 
 
-def _centre_crop(volume, crop: list[int] | None):
-    if crop is None:
-        return volume
-    starts = [max((s - c) // 2, 0) for s, c in zip(volume.array.shape, crop, strict=True)]
-    sl = tuple(slice(st, st + c) for st, c in zip(starts, crop, strict=True))
-    index = np.array([[starts[2], starts[1], starts[0]]], dtype=float)
-    origin = tuple(volume.index_to_physical(index)[0].tolist())
-    return type(volume)(np.ascontiguousarray(volume.array[sl]), volume.spacing, origin, volume.direction)
+def _maybe_crop(volume, size: list[int] | None):
+    return volume if size is None else centre_crop(volume, size)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
