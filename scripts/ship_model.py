@@ -4,7 +4,8 @@
 
 The card gets: training scans with their licences (from the data MANIFEST.md), the degradation and its
 parameter range, the voxel spacing range seen in training, K, the normalisation, the validation metrics the
-trainer measured (and the evaluation table when given) and the known limits written in the training config.
+trainer measured (and the evaluation table when given), and the summary and known limits written in the
+training config's card.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import json
 import shutil
 from pathlib import Path
 
+import yaml
 from sdenhance.normalize import __doc__ as NORMALISATION_DOC
 from sdenhance.registry import SHIPPED_DIR, read_card
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DATA_MANIFEST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "MANIFEST.md"
 
 
@@ -49,9 +52,15 @@ def spacing_range(spacings: list[list[float]]) -> dict[str, list[float]]:
     return {name: [round(min(a), 3), round(max(a), 3)] for name, a in zip("zyx", axes, strict=True)}
 
 
+def config_card(name: str) -> dict:
+    """The card section of the model's training config: edited there (e.g. known limits) after training."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    return yaml.safe_load(path.read_text(encoding="utf-8")).get("card", {}) if path.is_file() else {}
+
+
 def complete_card(meta: dict, evaluation: dict | None) -> dict:
     training = meta["training"]
-    card = dict(meta.get("card", {}))
+    card = dict(meta.get("card", {})) | config_card(meta["name"])
     card |= {
         "task": meta["task"],
         "modality": meta["modality"],
