@@ -20,19 +20,21 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 from SparseDiffusionEnhanceLib import (
+    MAX_SAMPLES,
     SR_FACTORS,
     Axis,
     Device,
     EnhanceJob,
     EnhanceLogic,
     EnhanceSettings,
+    Overlay,
     Phase,
     Task,
-    differenceVolume,
     ensureDependencies,
     formatDuration,
     inputOf,
     missingRequirements,
+    overlayVolume,
     provenance,
     readRequirements,
     showComparison,
@@ -90,8 +92,9 @@ class SparseDiffusionEnhanceParameterNode:
     overlap: Annotated[float, WithinRange(0.0, 0.75)] = 0.25
     seed: Annotated[int, WithinRange(0, 99999999)] = 0
     device: Device = Device.AUTO
+    samples: Annotated[int, WithinRange(1, MAX_SAMPLES)] = 1
     compareAfterRun: bool = True
-    showDifference: bool = False
+    overlay: Overlay = Overlay.NONE
 
     def settings(self) -> EnhanceSettings:
         return EnhanceSettings(
@@ -104,6 +107,7 @@ class SparseDiffusionEnhanceParameterNode:
             overlap=self.overlap,
             seed=self.seed,
             device=self.device,
+            samples=self.samples,
         )
 
 
@@ -379,7 +383,7 @@ class SparseDiffusionEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationM
         if pair is None:
             return
         with slicer.util.tryWithErrorDisplay(_("Could not show the comparison."), waitCursor=True):
-            self.logic.showComparison(*pair, showDifference=parameterNode.showDifference)
+            self.logic.showComparison(*pair, overlay=parameterNode.overlay)
 
 
 #
@@ -431,9 +435,10 @@ class SparseDiffusionEnhanceLogic(ScriptedLoadableModuleLogic, EnhanceLogic):
         )
         return job.start()
 
-    def showComparison(self, inputNode, enhancedNode, showDifference: bool = False) -> None:
-        overlay = differenceVolume(inputNode, enhancedNode) if showDifference else None
-        showComparison(slicer.app.applicationLogic(), inputNode, enhancedNode, overlay)
+    def showComparison(self, inputNode, enhancedNode, overlay: Overlay | str = Overlay.NONE) -> None:
+        """Side by side, linked; ``overlay``: "none", "difference" or "uncertainty" over the enhanced view."""
+        overlayNode = overlayVolume(inputNode, enhancedNode, overlay)
+        showComparison(slicer.app.applicationLogic(), inputNode, enhancedNode, overlayNode)
         slicer.util.resetSliceViews()
 
     # Checkpoints, from their JSON cards only (the registry never imports torch)
@@ -576,7 +581,7 @@ class SparseDiffusionEnhanceTest(ScriptedLoadableModuleTest):
         self.assertEqual(provenance(enhanced)["checkpoint"], "tiny-denoise-ct")
         self.assertEqual(inputOf(enhanced).GetID(), volume.GetID())
 
-        logic.showComparison(volume, enhanced, showDifference=True)
+        logic.showComparison(volume, enhanced, overlay=Overlay.DIFFERENCE)
         layoutManager = slicer.app.layoutManager()
         self.assertEqual(layoutManager.layout, slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
         red = layoutManager.sliceWidget("Red").mrmlSliceCompositeNode()

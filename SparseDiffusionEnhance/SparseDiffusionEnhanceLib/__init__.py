@@ -4,20 +4,22 @@ The engine itself (``sdenhance``) runs in a worker process; from it only the tor
 ``io`` modules are imported here.
 """
 
-from .comparison import differenceVolume, showComparison
+from .comparison import Overlay, differenceVolume, overlayVolume, showComparison, uncertaintyVolume
 from .dependencies import ensureDependencies, missingRequirements, readRequirements
 from .logic import EnhanceJob, EnhanceLogic, Phase, outputPathFor
-from .settings import SR_FACTORS, Axis, Device, EnhanceSettings, Task
-from .volumes import exportVolume, importResult, inputOf, provenance
+from .settings import MAX_SAMPLES, SR_FACTORS, Axis, Device, EnhanceSettings, Task
+from .volumes import exportVolume, importResult, inputOf, provenance, uncertaintyOf
 from .worker import Progress, WorkerError, WorkerProcess, formatDuration, parseEvent
 
 __all__ = [
+    "MAX_SAMPLES",
     "SR_FACTORS",
     "Axis",
     "Device",
     "EnhanceJob",
     "EnhanceLogic",
     "EnhanceSettings",
+    "Overlay",
     "Phase",
     "Progress",
     "Task",
@@ -31,8 +33,11 @@ __all__ = [
     "inputOf",
     "missingRequirements",
     "outputPathFor",
+    "overlayVolume",
     "parseEvent",
     "provenance",
     "readRequirements",
     "showComparison",
+    "uncertaintyOf",
+    "uncertaintyVolume",
 ]

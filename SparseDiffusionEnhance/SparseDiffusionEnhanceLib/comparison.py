@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 import slicer
 from sdenhance.io import resample_onto
 
-from .volumes import engineVolume
+from .volumes import engineVolume, uncertaintyOf
 
 DIFFERENCE_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
-DIFFERENCE_OPACITY = 0.5
+UNCERTAINTY_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
+OVERLAY_OPACITY = 0.5
 #: Node reference from a result to its difference volume, so repeated comparisons reuse one node.
 DIFFERENCE_REFERENCE = "SparseDiffusionEnhance.difference"
 
@@ -26,7 +29,7 @@ def matchWindowLevel(referenceNode, volumeNode) -> None:
 def showComparison(applicationLogic, inputNode, enhancedNode, overlayNode=None) -> None:
     """Switch to the side-by-side layout with linked Red (input) and Yellow (enhanced) views.
 
-    ``overlayNode`` (e.g. from ``differenceVolume``) is blended over the enhanced volume in Yellow.
+    ``overlayNode`` (from ``overlayVolume``) is blended over the enhanced volume in Yellow.
     """
     scene = inputNode.GetScene()
     for node in (inputNode, enhancedNode, overlayNode):
@@ -47,7 +50,50 @@ def showComparison(applicationLogic, inputNode, enhancedNode, overlayNode=None) 
     if overlayNode is not None:
         composite = yellow.GetSliceCompositeNode()
         composite.SetForegroundVolumeID(overlayNode.GetID())
-        composite.SetForegroundOpacity(DIFFERENCE_OPACITY)
+        composite.SetForegroundOpacity(OVERLAY_OPACITY)
+
+
+class Overlay(enum.Enum):
+    NONE = "none"
+    DIFFERENCE = "difference"
+    UNCERTAINTY = "uncertainty"
+
+    def label(self) -> str:
+        """Text shown in the panel (parameterNodeWrapper's combo box connector calls this)."""
+        return {
+            "none": "None",
+            "difference": "Difference (enhanced − input)",
+            "uncertainty": "Uncertainty (spread of the samples)",
+        }[self.value]
+
+
+def overlayVolume(inputNode, enhancedNode, overlay: Overlay | str):
+    """The volume to blend over the enhanced view, styled for it; None for ``Overlay.NONE``."""
+    overlay = Overlay(overlay)
+    if overlay == Overlay.DIFFERENCE:
+        return differenceVolume(inputNode, enhancedNode)
+    if overlay == Overlay.UNCERTAINTY:
+        return uncertaintyVolume(enhancedNode)
+    return None
+
+
+def uncertaintyVolume(enhancedNode):
+    """The result's per-voxel spread across samples, shown from 0 (dark) to its 99.5th percentile (bright)."""
+    node = uncertaintyOf(enhancedNode)
+    if node is None:
+        raise ValueError(
+            f"'{enhancedNode.GetName()}' was made from one sample, so it has no uncertainty: "
+            "set Samples to 2 or more (Advanced) and enhance again"
+        )
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    display.SetAutoWindowLevel(False)
+    top = float(np.percentile(slicer.util.arrayFromVolume(node), 99.5)) or 1.0
+    display.SetWindowLevel(top, top / 2)
+    if node.GetScene().GetNodeByID(UNCERTAINTY_COLOR_NODE_ID):
+        display.SetAndObserveColorNodeID(UNCERTAINTY_COLOR_NODE_ID)
+    return node
 
 
 def differenceVolume(inputNode, enhancedNode):

@@ -8,12 +8,17 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .settings import EnhanceSettings
-from .volumes import exportVolume, importResult, placeBesideInput, resultName, setProvenance
+from .settings import EnhanceSettings, splitSuffix, uncertaintyPath
+from .volumes import (
+    UNCERTAINTY_REFERENCE,
+    exportVolume,
+    importResult,
+    placeBesideInput,
+    resultName,
+    setProvenance,
+    uncertaintyOf,
+)
 from .worker import WorkerError, WorkerProcess, defaultPythonExecutable, waitUntilFinished
-
-#: File name endings the engine can write; other inputs (a DICOM folder, .mhd) give .nrrd results.
-OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 class Phase(enum.Enum):
@@ -115,22 +120,36 @@ class EnhanceJob:
         self._end(Phase.CANCELLED, WorkerError.cancelled())
 
     def _importResult(self, path: Path) -> None:
-        created = self.outputNode is None
-        if created:
-            scene = self.inputNode.GetScene()
-            self.outputNode = scene.AddNewNodeByClass(
-                "vtkMRMLScalarVolumeNode", resultName(self.inputNode, self.settings)
-            )
+        scene = self.inputNode.GetScene()
+        created = []  # removed again if loading fails, so a failed run adds nothing to the scene
         try:
+            if self.outputNode is None:
+                self.outputNode = scene.AddNewNodeByClass(
+                    "vtkMRMLScalarVolumeNode", resultName(self.inputNode, self.settings)
+                )
+                created.append(self.outputNode)
             importResult(path, self.inputNode, self.outputNode, self.settings)
+            imported = [self.outputNode]
+            if self.settings.withUncertainty:
+                spread = uncertaintyOf(self.outputNode)
+                if spread is None:
+                    spread = scene.AddNewNodeByClass(
+                        "vtkMRMLScalarVolumeNode", f"{self.outputNode.GetName()} uncertainty"
+                    )
+                    created.append(spread)
+                importResult(uncertaintyPath(path), self.inputNode, spread, self.settings)
+                self.outputNode.SetNodeReferenceID(UNCERTAINTY_REFERENCE, spread.GetID())
+                imported.append(spread)
         except (OSError, ValueError):
-            if created:
-                self.outputNode.GetScene().RemoveNode(self.outputNode)
+            for node in created:
+                scene.RemoveNode(node)
+            if self.outputNode in created:
                 self.outputNode = None
             raise
-        if self.outputNode.GetDisplayNode() is None:
-            self.outputNode.CreateDefaultDisplayNodes()
-        placeBesideInput(self.outputNode, self.inputNode)
+        for node in imported:
+            if node.GetDisplayNode() is None:
+                node.CreateDefaultDisplayNodes()
+            placeBesideInput(node, self.inputNode)
         setProvenance(self.outputNode, self.inputNode, self.settings, self.worker.finished)
 
     def _end(self, phase: Phase, error: WorkerError | None = None) -> None:
@@ -152,10 +171,9 @@ class EnhanceJob:
 
 
 def outputPathFor(inputPath: Path, outputDir: Path, settings: EnhanceSettings) -> Path:
-    """``<outputDir>/<name>_enhanced_<task><suffix>``, keeping the input's format when the engine writes it."""
-    name = inputPath.name
-    suffix = next((s for s in OUTPUT_SUFFIXES if name.endswith(s)), "")
-    stem = name[: -len(suffix)] if suffix else inputPath.stem
+    """``<outputDir>/<name>_enhanced_<task><suffix>``, keeping the input's format when the engine writes it
+    (other inputs, e.g. a DICOM folder or .mhd, give .nrrd results)."""
+    stem, suffix = splitSuffix(inputPath.name)
     return Path(outputDir) / f"{stem}_enhanced_{settings.task.value}{suffix or '.nrrd'}"
 
 
@@ -176,7 +194,8 @@ class EnhanceLogic:
         onChange: Callable[[EnhanceJob], None] | None = None,
         **settings,
     ):
-        """Enhance a volume node. ``settings``: factor, axis, steps, patch, overlap, seed, device.
+        """Enhance a volume node. ``settings``: factor, axis, steps, patch, overlap, seed, device, samples (with
+        2 or more, ``uncertaintyOf(outputNode)`` is their spread).
 
         With ``wait=True`` returns the output node (a new one unless ``outputNode`` is given); otherwise the
         started EnhanceJob, whose ``poll()`` must then be called periodically (e.g. from a QTimer).
@@ -202,8 +221,9 @@ class EnhanceLogic:
     ) -> list[Path]:
         """Enhance image files (or DICOM folders) into ``outputDir``, without touching the scene.
 
-        Every file is attempted; ``onProgress(path, event)`` hears each worker event. Returns the written
-        paths, or raises RuntimeError naming every file that failed after trying them all.
+        Every file is attempted; ``onProgress(path, event)`` hears each worker event. With ``samples`` >= 2 an
+        ``<name>_uncertainty`` file is written beside each result. Returns the written result paths, or raises
+        RuntimeError naming every file that failed after trying them all.
         """
         enhanceSettings = EnhanceSettings(task=task, checkpoint=checkpoint, **settings)
         Path(outputDir).mkdir(parents=True, exist_ok=True)

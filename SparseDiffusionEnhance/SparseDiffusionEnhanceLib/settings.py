@@ -35,6 +35,22 @@ class Device(enum.Enum):
 
 
 SR_FACTORS = (2, 4)
+#: The engine averages at most this many samples (one per flip of the three axes).
+MAX_SAMPLES = 8
+#: File name endings the engine can write.
+OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def splitSuffix(name: str) -> tuple[str, str]:
+    """(stem, suffix) with the engine's double suffix .nii.gz kept whole; suffix "" for other names."""
+    suffix = next((s for s in OUTPUT_SUFFIXES if name.endswith(s)), "")
+    return (name[: -len(suffix)] if suffix else Path(name).stem), suffix
+
+
+def uncertaintyPath(outputPath: Path) -> Path:
+    """Where the worker writes the samples' spread: beside the result, named after it."""
+    stem, suffix = splitSuffix(Path(outputPath).name)
+    return Path(outputPath).with_name(f"{stem}_uncertainty{suffix or '.nrrd'}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,7 @@ class EnhanceSettings:
     overlap: float = 0.25
     seed: int = 0
     device: Device = Device.AUTO
+    samples: int = 1  # > 1: the result is their mean and their spread comes back as an uncertainty volume
 
     def __post_init__(self):
         # frozen dataclass: coercion must go through object.__setattr__
@@ -66,6 +83,12 @@ class EnhanceSettings:
             raise ValueError("steps, patch and seed must not be negative")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap {self.overlap} must be in [0, 1)")
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise ValueError(f"samples {self.samples} must be between 1 and {MAX_SAMPLES}")
+
+    @property
+    def withUncertainty(self) -> bool:
+        return self.samples > 1
 
     def workerArguments(self, inputPath: Path, outputPath: Path) -> list[str]:
         """Arguments after the Python executable for ``python -m sdenhance enhance``."""
@@ -80,6 +103,8 @@ class EnhanceSettings:
             args += ["--steps", str(self.steps)]
         if self.patch:
             args += ["--patch", str(self.patch)]
+        if self.withUncertainty:
+            args += ["--samples", str(self.samples), "--uncertainty", str(uncertaintyPath(outputPath))]
         return args
 
     def workerEnvironment(self) -> dict[str, str]:

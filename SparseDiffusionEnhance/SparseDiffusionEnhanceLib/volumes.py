@@ -20,6 +20,8 @@ from .settings import EnhanceSettings, Task
 ATTRIBUTE_PREFIX = "SparseDiffusionEnhance."
 #: Node reference from a result to the volume it was made from, for "Show comparison".
 INPUT_REFERENCE = ATTRIBUTE_PREFIX + "input"
+#: Node reference from a result to the spread of its samples (only when it was made from several).
+UNCERTAINTY_REFERENCE = ATTRIBUTE_PREFIX + "uncertainty"
 #: ITK (LPS) and Slicer (RAS) physical axes differ by the sign of x and y.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -106,6 +108,7 @@ def setProvenance(outputNode, inputNode, settings: EnhanceSettings, finished: di
         "checkpoint": finished.get("checkpoint", settings.checkpoint),
         "steps": finished.get("steps", settings.steps),
         "seed": finished.get("seed", settings.seed),
+        "samples": finished.get("samples", settings.samples),
         "device": finished.get("device", settings.device.value),
         "seconds": finished.get("seconds", ""),
         "engineVersion": finished.get("engine_version", ""),
@@ -120,6 +123,11 @@ def setProvenance(outputNode, inputNode, settings: EnhanceSettings, finished: di
 def inputOf(resultNode):
     """The volume a result was made from (None for other volumes, or if it was deleted)."""
     return resultNode.GetNodeReference(INPUT_REFERENCE)
+
+
+def uncertaintyOf(resultNode):
+    """The spread of the samples a result was averaged from (None for a single-sample result)."""
+    return resultNode.GetNodeReference(UNCERTAINTY_REFERENCE)
 
 
 def provenance(volumeNode) -> dict[str, str]:

@@ -97,6 +97,15 @@ def add_enhance_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="sparse steps K (default: the checkpoint's)")
     p.add_argument("--heun", action="store_true", help="2nd-order Heun correction (about 2x the time)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="average this many samples (1-8, each with its own seed and flip; N times the time)",
+    )
+    p.add_argument(
+        "--uncertainty", help="also write the samples' per-voxel standard deviation here (needs --samples >= 2)"
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--patch", type=_patch, help="patch size P or Z,Y,X (default: the training patch)")
     p.add_argument("--overlap", type=float, default=0.25, help="patch overlap fraction (default 0.25)")
@@ -135,11 +144,16 @@ def run_enhance(args) -> int:
 
 
 def _enhance(args, reporter: Reporter) -> int:
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise FileExistsError(f"{output} exists; choose another output or pass --overwrite")
-    if output.resolve() == Path(args.input).resolve():
-        raise VolumeError("the output would overwrite the input; choose another output path")
+    outputs = [Path(args.output)] + ([Path(args.uncertainty)] if args.uncertainty else [])
+    for output in outputs:
+        if output.exists() and not args.overwrite:
+            raise FileExistsError(f"{output} exists; choose another output or pass --overwrite")
+        if output.resolve() == Path(args.input).resolve():
+            raise VolumeError("the output would overwrite the input; choose another output path")
+    if args.uncertainty and args.samples < 2:
+        raise VolumeError("--uncertainty needs the spread of several samples: add --samples 4 (or 2-8)")
+    if len(set(o.resolve() for o in outputs)) < len(outputs):
+        raise VolumeError("--output and --uncertainty name the same file; give them different names")
     volume = read_volume(args.input)
     validate_intensities(volume.array)
     card = resolve(args.checkpoint) if args.checkpoint else default_for(args.task, args.modality)
@@ -154,6 +168,7 @@ def _enhance(args, reporter: Reporter) -> int:
         steps=args.steps,
         heun=args.heun,
         seed=args.seed,
+        samples=args.samples,
         device=args.device,
         patch=args.patch,
         overlap=args.overlap,
@@ -171,9 +186,13 @@ def _enhance(args, reporter: Reporter) -> int:
         engine_version=__version__,
     )
     result = enhance_volume(volume, card, options, reporter.windows)
-    write_volume(result, output, overwrite=args.overwrite)
+    write_volume(result.volume, outputs[0], overwrite=args.overwrite)
+    if args.uncertainty:
+        write_volume(result.spread, outputs[1], overwrite=args.overwrite)
     reporter.done(
-        output=str(output),
+        output=str(outputs[0]),
+        uncertainty=args.uncertainty,
+        samples=args.samples,
         checkpoint=card.name,
         steps=plan.sampler.steps,
         seed=args.seed,

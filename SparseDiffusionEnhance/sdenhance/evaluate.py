@@ -98,6 +98,7 @@ class Setup:
     seed: int = 0
     device: str = "auto"
     crop: tuple[int, int, int] | None = None
+    samples: int = 1
 
     @property
     def task(self) -> str:
@@ -116,6 +117,7 @@ class Setup:
             modality=self.modality,
             steps=self.steps,
             seed=self.seed,
+            samples=self.samples,
             device=self.device,
             **self.sr_params,
         )
@@ -221,10 +223,9 @@ def run_ours(case: Case, setup: Setup) -> MethodResult:
     options = setup.enhance_options()
     result, seconds = _timed(enhance_volume, case.model_input, setup.card, options)
     steps = options.steps or setup.card.meta["schedule"]["steps"]
-    scores = quality(case.reference.array, result.array, setup.modality)
-    return MethodResult(
-        f"ours ({setup.card.name})", result.array, scores, seconds, {"steps": steps, "seed": setup.seed}
-    )
+    scores = quality(case.reference.array, result.volume.array, setup.modality)
+    settings = {"steps": steps, "seed": setup.seed} | ({"samples": options.samples} if options.samples > 1 else {})
+    return MethodResult(f"ours ({setup.card.name})", result.volume.array, scores, seconds, settings)
 
 
 def evaluate_case(case: Case, setup: Setup) -> dict[str, MethodResult]:
@@ -504,6 +505,7 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--crop", type=_crop, help="centre crop Z,Y,X applied after degradation (faster runs)")
     p.add_argument("--steps", type=int, help="sparse steps K for our model (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="seeds the degradation and the sampler")
+    p.add_argument("--samples", type=int, default=1, help="samples our model averages (as `enhance --samples`)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch and SimpleITK (timings depend on it)")
     p.add_argument("-o", "--output", default="evaluation", help="output folder (default: ./evaluation)")
@@ -547,7 +549,7 @@ def setup_from_args(args) -> tuple[list[Path], Setup]:
     modality = implied or args.modality or (card.modality if card else None)
     if modality is None:
         raise ValueError("give --modality (a slice-thickening degradation fits any modality)")
-    setup = Setup(spec, modality, tuple(methods), card, args.steps, args.seed, args.device, args.crop)
+    setup = Setup(spec, modality, tuple(methods), card, args.steps, args.seed, args.device, args.crop, args.samples)
     if card:
         from .pipeline import check_compatible
 

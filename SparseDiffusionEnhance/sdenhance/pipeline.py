@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ class EnhanceOptions:
     steps: int | None = None  # defaults to the checkpoint's K
     heun: bool = False
     seed: int = 0
+    samples: int = 1  # >1: the mean of that many samples, and their spread as an uncertainty map
     device: str = "auto"
     patch: tuple[int, int, int] | None = None  # defaults to the training patch
     overlap: float = 0.25
@@ -102,42 +103,79 @@ class Plan:
     device: torch.device
     sampler: SamplerConfig
     output_shape: tuple[int, int, int]
+    samples: int
 
     @property
     def evaluations(self) -> int:
-        return evaluations(self.sampler)
+        return evaluations(self.sampler) * self.samples
 
 
 def plan_enhancement(volume: Volume, card: ModelCard, options: EnhanceOptions) -> Plan:
     """Validate the request against the volume and checkpoint; raises VolumeError / CheckpointError."""
     validate_intensities(volume.array)
+    if not 1 <= options.samples <= len(FLIPS):
+        raise VolumeError(f"samples {options.samples} must be between 1 and {len(FLIPS)}")
     modality, factor, axis = check_compatible(card, options)
     device = pick_device(options.device)
     shape = list(volume.array.shape)
     if factor:
         shape[AXIS_TO_NUMPY[axis]] *= factor
-    return Plan(modality, factor, axis, device, sampler_config(card, options, device), tuple(shape))
+    return Plan(modality, factor, axis, device, sampler_config(card, options, device), tuple(shape), options.samples)
+
+
+#: Sample i flips the input along these (z, y, x) axes and back. The model was trained with random flips on
+#: every axis, so each flip is an equally valid view: the samples differ by flip as well as by seed, their mean
+#: averages out the model's own errors and their spread shows where it is unsure.
+FLIPS = [(), (2,), (1,), (0,), (1, 2), (0, 2), (0, 1), (0, 1, 2)]
+
+
+@dataclass(frozen=True)
+class Enhanced:
+    volume: Volume  # in the input's units and dtype; the mean of the samples
+    spread: Volume | None  # per-voxel standard deviation across samples (float32, input units); None for 1 sample
 
 
 def enhance_volume(
     volume: Volume, card: ModelCard, options: EnhanceOptions, progress: ProgressFn | None = None
-) -> Volume:
-    """The enhanced volume, in the input's units: on the input grid (denoise) or the finer SR grid."""
+) -> Enhanced:
+    """The enhanced volume on the input grid (denoise) or the finer SR grid, and with several samples their
+    spread."""
     plan = plan_enhancement(volume, card, options)
     factor, axis = plan.factor, plan.axis
     target = volume if factor is None else resample_onto(volume, fine_grid(volume, factor, axis))
     normalizer = Normalizer.fit(target.array, plan.modality)
-    y = normalizer.forward(target.array)
     # an SR model learnt one through-plane axis; other axes are swapped into its place and back
     swap = (AXIS_TO_NUMPY[axis], AXIS_TO_NUMPY[card.meta["sr_axis"]]) if factor else (0, 0)
+    y = np.swapaxes(normalizer.forward(target.array), *swap)
     spacing_zyx = list(reversed(target.spacing))
     spacing_zyx[swap[0]], spacing_zyx[swap[1]] = spacing_zyx[swap[1]], spacing_zyx[swap[0]]
     model, _ = load_model(card, plan.device)
-    x0 = sample(
-        model, schedule_of(card), np.swapaxes(y, *swap), tuple(spacing_zyx), plan.sampler, plan.device, progress
-    )
-    result = normalizer.inverse(np.swapaxes(x0, *swap))
+    mean, sum_sq = np.zeros(y.shape, np.float32), np.zeros(y.shape, np.float32)
+    for i, flip in enumerate(FLIPS[: plan.samples]):
+        config = replace(plan.sampler, seed=plan.sampler.seed + i)
+        x0 = sample(
+            model,
+            schedule_of(card),
+            np.flip(y, flip),
+            tuple(spacing_zyx),
+            config,
+            plan.device,
+            _share(progress, i, plan.samples),
+        )
+        x = normalizer.inverse(np.flip(x0, flip))
+        delta = x - mean  # Welford's running mean and sum of squares: two buffers, whatever the sample count
+        mean += delta / (i + 1)
+        sum_sq += delta * (x - mean)
     dtype = output_dtype(volume.array.dtype, plan.modality)
-    if np.issubdtype(dtype, np.integer):
-        result = np.rint(result)
-    return target.with_array(result.astype(dtype))
+    result = np.swapaxes(np.rint(mean) if np.issubdtype(dtype, np.integer) else mean, *swap)
+    spread = None
+    if plan.samples > 1:
+        spread = target.with_array(np.swapaxes(np.sqrt(sum_sq / (plan.samples - 1)), *swap).astype(np.float32))
+    return Enhanced(target.with_array(result.astype(dtype)), spread)
+
+
+def _share(progress: ProgressFn | None, index: int, samples: int) -> ProgressFn | None:
+    """Progress of sample ``index`` as a share of the whole run of ``samples`` samples."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(index * total + done, total * samples)

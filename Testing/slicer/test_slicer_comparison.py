@@ -9,8 +9,13 @@ from sde_slicer_helpers import SLICER_CORE_MISSING, ijkToRAS
 slicer = pytest.importorskip("slicer", reason=SLICER_CORE_MISSING)
 
 from sdenhance.io import resample_onto  # noqa: E402
-from SparseDiffusionEnhanceLib import EnhanceSettings, differenceVolume, showComparison  # noqa: E402
-from SparseDiffusionEnhanceLib.volumes import engineVolume, expectedGrid, setGeometry  # noqa: E402
+from SparseDiffusionEnhanceLib import EnhanceSettings, Overlay, differenceVolume, overlayVolume, showComparison  # noqa: E402
+from SparseDiffusionEnhanceLib.volumes import (  # noqa: E402
+    UNCERTAINTY_REFERENCE,
+    engineVolume,
+    expectedGrid,
+    setGeometry,
+)
 
 
 def enhancedCopy(inputNode, offset=5.0):
@@ -76,3 +81,25 @@ def test_super_resolution_difference_is_taken_on_the_fine_grid(obliqueVolume, sc
 
     assert difference.GetImageData().GetDimensions() == enhanced.GetImageData().GetDimensions()
     np.testing.assert_allclose(slicer.util.arrayFromVolume(difference), 3.0, atol=1e-3)
+
+
+def test_uncertainty_overlay_shows_the_results_spread_from_zero(applicationLogic, obliqueVolume, scene):
+    enhanced = enhancedCopy(obliqueVolume)
+    with pytest.raises(ValueError, match="set Samples to 2 or more"):
+        overlayVolume(obliqueVolume, enhanced, Overlay.UNCERTAINTY)
+    spreadValues = np.linspace(0, 20, slicer.util.arrayFromVolume(enhanced).size, dtype=np.float32)
+    spread = slicer.util.addVolumeFromArray(
+        spreadValues.reshape(slicer.util.arrayFromVolume(enhanced).shape), ijkToRAS(enhanced), name="spread"
+    )
+    enhanced.SetNodeReferenceID(UNCERTAINTY_REFERENCE, spread.GetID())
+
+    overlay = overlayVolume(obliqueVolume, enhanced, "uncertainty")
+    showComparison(applicationLogic, obliqueVolume, enhanced, overlay)
+
+    assert overlay.GetID() == spread.GetID()
+    display = overlay.GetDisplayNode()
+    top = np.percentile(spreadValues, 99.5)
+    assert display.GetWindow() == pytest.approx(top) and display.GetLevel() == pytest.approx(top / 2)
+    yellow = applicationLogic.GetSliceLogicByLayoutName("Yellow").GetSliceCompositeNode()
+    assert yellow.GetForegroundVolumeID() == spread.GetID()
+    assert overlayVolume(obliqueVolume, enhanced, Overlay.NONE) is None

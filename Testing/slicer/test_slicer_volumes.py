@@ -124,6 +124,7 @@ def test_result_goes_under_the_input_study_and_provenance_survives_scene_save(ob
         "checkpoint": "ct-denoise",
         "steps": "4",
         "seed": "7",
+        "samples": "1",
         "device": "cpu",
         "seconds": "1.5",
         "engineVersion": "0.1.0",

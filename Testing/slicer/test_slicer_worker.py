@@ -24,6 +24,7 @@ from SparseDiffusionEnhanceLib import (  # noqa: E402
     formatDuration,
     parseEvent,
     provenance,
+    uncertaintyOf,
 )
 
 
@@ -55,6 +56,15 @@ def test_settings_become_worker_arguments():
         EnhanceSettings(factor=3)
 
 
+def test_several_samples_ask_for_an_uncertainty_file_beside_the_result():
+    args = EnhanceSettings(samples=3).workerArguments("in.nrrd", "/tmp/x/scan_enhanced.nii.gz")
+    assert args[args.index("--samples") + 1] == "3"
+    assert args[args.index("--uncertainty") + 1] == "/tmp/x/scan_enhanced_uncertainty.nii.gz"
+    assert "--uncertainty" not in EnhanceSettings(samples=1).workerArguments("in.nrrd", "out.nrrd")
+    with pytest.raises(ValueError, match="between 1 and 8"):
+        EnhanceSettings(samples=9)
+
+
 @pytest.fixture
 def logic(tmp_path):
     """The batch logic, running the worker with this interpreter and its temporary files in an empty folder."""
@@ -84,6 +94,30 @@ def test_enhance_runs_the_engine_and_imports_the_result(logic, obliqueVolume, sc
     assert attributes["checkpoint"] == "tiny-denoise-ct" and attributes["seed"] == "3"
     assert attributes["device"] == "cpu" and attributes["steps"] == "2" and float(attributes["seconds"]) > 0
     assert os.listdir(logic.tempRoot) == []  # temporary files removed
+
+
+def test_samples_bring_back_an_uncertainty_volume_on_the_result_grid(logic, obliqueVolume, scene, tinyCheckpoints):
+    output = logic.enhance(
+        obliqueVolume, task="sr", checkpoint=str(tinyCheckpoints["sr"]), factor=2, device="cpu", samples=2
+    )
+    spread = uncertaintyOf(output)
+    assert spread is not None and spread.GetName() == f"{output.GetName()} uncertainty"
+    assert spread.GetImageData().GetDimensions() == output.GetImageData().GetDimensions()
+    np.testing.assert_allclose(ijkToRAS(spread), ijkToRAS(output), atol=1e-9)
+    values = slicer.util.arrayFromVolume(spread)
+    assert values.min() >= 0 and values.max() > 0
+    assert provenance(output)["samples"] == "2"
+    shNode = scene.GetSubjectHierarchyNode()
+    parent = shNode.GetItemParent(shNode.GetItemByDataNode(output))
+    assert shNode.GetItemByDataNode(spread) and shNode.GetItemParent(shNode.GetItemByDataNode(spread)) == parent
+    assert os.listdir(logic.tempRoot) == []
+
+    # a rerun into the same output refreshes its uncertainty volume instead of adding another
+    nodes = scene.GetNumberOfNodes()
+    logic.enhance(
+        obliqueVolume, "sr", str(tinyCheckpoints["sr"]), outputNode=output, factor=2, device="cpu", samples=2, seed=1
+    )
+    assert uncertaintyOf(output).GetID() == spread.GetID() and scene.GetNumberOfNodes() == nodes
 
 
 def test_super_resolution_result_lands_on_the_fine_grid(logic, obliqueVolume, tinyCheckpoints):
@@ -169,3 +203,14 @@ def test_enhance_files_writes_each_result_and_reports_failures(logic, tmp_path, 
     assert "missing.nii.gz" in str(failure.value)
     assert (tmp_path / "out" / "scan_enhanced_denoise.nrrd").is_file()
     assert ("scan.nrrd", "done") in events and ("missing.nii.gz", "error") in events
+
+
+def test_enhance_files_with_samples_writes_uncertainty_beside_each_result(
+    logic, tmp_path, obliqueVolume, tinyCheckpoints
+):
+    from SparseDiffusionEnhanceLib import exportVolume
+
+    scan = exportVolume(obliqueVolume, tmp_path, "scan.nrrd")
+    written = logic.enhanceFiles([scan], tmp_path / "out", checkpoint=str(tinyCheckpoints["denoise"]), samples=2)
+    assert written == [tmp_path / "out" / "scan_enhanced_denoise.nrrd"]
+    assert (tmp_path / "out" / "scan_enhanced_denoise_uncertainty.nrrd").is_file()
