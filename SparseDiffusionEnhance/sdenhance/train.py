@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 import random
 import time
@@ -57,6 +58,8 @@ class TrainConfig:
     batch_size: int = 2
     lr: float = 2e-4
     warmup_steps: int = 200
+    # optional cosine decay to lr_final between two steps, e.g. to finish a run that plateaued at constant lr
+    lr_decay: dict | None = None  # {start: STEP, end: STEP, final: LR}
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -123,8 +126,15 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
-    """Linear warm-up, then constant (EMA smooths the end; training can be extended without a new schedule)."""
-    return config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+    """Linear warm-up, then constant (training can be extended without a new schedule); with ``lr_decay``, a
+    cosine from ``lr`` at its start step to ``final`` at its end step, and ``final`` after. A pure function of
+    the step, so resuming follows the same schedule."""
+    lr = config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+    decay = config.lr_decay
+    if decay is None or step < decay["start"]:
+        return lr
+    progress = min(1.0, (step - decay["start"]) / max(decay["end"] - decay["start"], 1))
+    return decay["final"] + (config.lr - decay["final"]) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def ema_update(decay: float):

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from sdenhance.checkpoint import load_model
 from sdenhance.io import Volume, write_volume
 from sdenhance.phantom import torso_phantom
-from sdenhance.train import TrainConfig, train, weights_digest
+from sdenhance.train import TrainConfig, lr_at, train, weights_digest
 
 
 @pytest.fixture
@@ -49,6 +49,16 @@ def test_config_rejects_unknown_settings(tmp_path, config_file):
     bad.write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match="learning_rate"):
         TrainConfig.load(bad)
+
+
+def test_learning_rate_warms_up_holds_then_decays_to_its_final_value(config_file):
+    config = TrainConfig.load(config_file)
+    config.lr, config.warmup_steps = 3e-4, 100
+    assert lr_at(49, config) == pytest.approx(1.5e-4) and lr_at(5000, config) == pytest.approx(3e-4)
+    config.lr_decay = {"start": 1000, "end": 2000, "final": 1e-5}
+    assert lr_at(999, config) == pytest.approx(3e-4)
+    assert lr_at(1500, config) == pytest.approx((3e-4 + 1e-5) / 2)  # cosine midpoint
+    assert lr_at(2000, config) == pytest.approx(1e-5) and lr_at(9000, config) == pytest.approx(1e-5)
 
 
 def test_training_writes_logs_and_a_loadable_checkpoint(tmp_path, config_file):
