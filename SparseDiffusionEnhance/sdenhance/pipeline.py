@@ -150,7 +150,7 @@ def enhance_volume(
     spacing_zyx = list(reversed(target.spacing))
     spacing_zyx[swap[0]], spacing_zyx[swap[1]] = spacing_zyx[swap[1]], spacing_zyx[swap[0]]
     model, _ = load_model(card, plan.device)
-    mean, sum_sq = np.zeros(y.shape, np.float32), np.zeros(y.shape, np.float32)
+    mean, sum_sq = None, np.float32(0)
     for i, flip in enumerate(FLIPS[: plan.samples]):
         config = replace(plan.sampler, seed=plan.sampler.seed + i)
         x0 = sample(
@@ -163,9 +163,12 @@ def enhance_volume(
             _share(progress, i, plan.samples),
         )
         x = normalizer.inverse(np.flip(x0, flip))
+        if mean is None:  # one sample needs no extra buffer
+            mean = x
+            continue
         delta = x - mean  # Welford's running mean and sum of squares: two buffers, whatever the sample count
         mean += delta / (i + 1)
-        sum_sq += delta * (x - mean)
+        sum_sq = sum_sq + delta * (x - mean)
     dtype = output_dtype(volume.array.dtype, plan.modality)
     result = np.swapaxes(np.rint(mean) if np.issubdtype(dtype, np.integer) else mean, *swap)
     spread = None
