@@ -38,6 +38,7 @@ from SparseDiffusionEnhanceLib import (
     provenance,
     readRequirements,
     showComparison,
+    uncertaintyOf,
 )
 
 #
@@ -570,18 +571,21 @@ class SparseDiffusionEnhanceTest(ScriptedLoadableModuleTest):
         self.assertEqual(widget.ui.applyButton.text, "Enhance")
 
     def test_EnhanceAndCompare(self):
-        self.delayDisplay("Denoise a synthetic volume with a tiny model, then compare")
+        self.delayDisplay("Denoise a synthetic volume with a tiny model (2 samples), then compare with the uncertainty")
         volume = self.syntheticVolume()
         logic = self.logic()
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = self.tinyCheckpoint(folder, "denoise")
-            enhanced = logic.enhance(volume, task="denoise", checkpoint=checkpoint, device="cpu")
+            enhanced = logic.enhance(volume, task="denoise", checkpoint=checkpoint, device="cpu", samples=2)
         self.assertEqual(enhanced.GetImageData().GetDimensions(), volume.GetImageData().GetDimensions())
         self.assertTrue(np.allclose(self.ijkToRAS(enhanced), self.ijkToRAS(volume)))
         self.assertEqual(provenance(enhanced)["checkpoint"], "tiny-denoise-ct")
         self.assertEqual(inputOf(enhanced).GetID(), volume.GetID())
 
-        logic.showComparison(volume, enhanced, overlay=Overlay.DIFFERENCE)
+        spread = uncertaintyOf(enhanced)
+        self.assertEqual(spread.GetImageData().GetDimensions(), volume.GetImageData().GetDimensions())
+
+        logic.showComparison(volume, enhanced, overlay=Overlay.UNCERTAINTY)
         layoutManager = slicer.app.layoutManager()
         self.assertEqual(layoutManager.layout, slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
         red = layoutManager.sliceWidget("Red").mrmlSliceCompositeNode()
@@ -589,5 +593,5 @@ class SparseDiffusionEnhanceTest(ScriptedLoadableModuleTest):
         self.assertEqual(red.GetBackgroundVolumeID(), volume.GetID())
         self.assertEqual(yellow.GetBackgroundVolumeID(), enhanced.GetID())
         self.assertTrue(red.GetLinkedControl() and yellow.GetLinkedControl())
-        self.assertIsNotNone(yellow.GetForegroundVolumeID())
+        self.assertEqual(yellow.GetForegroundVolumeID(), spread.GetID())
         self.delayDisplay("Test passed")
