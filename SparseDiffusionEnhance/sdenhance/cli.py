@@ -157,6 +157,8 @@ def _enhance(args, reporter: Reporter) -> int:
     volume = read_volume(args.input)
     validate_intensities(volume.array)
     card = resolve(args.checkpoint) if args.checkpoint else default_for(args.task, args.modality)
+    if args.modality is None:
+        check_looks_like(volume, card.modality)
     # torch loads only now, so a bad input or checkpoint fails at once
     from .pipeline import EnhanceOptions, enhance_volume, plan_enhancement
 
@@ -200,6 +202,20 @@ def _enhance(args, reporter: Reporter) -> int:
         engine_version=__version__,
     )
     return 0
+
+
+#: Every CT field of view holds air or fat; MRI and PET intensities are never this low.
+CT_LOWEST_HU = -200.0
+
+
+def check_looks_like(volume, modality: str) -> None:
+    """Refuse a scan that cannot be CT for a CT model when the user did not say the modality (the default model
+    for a task is the CT one, so an MRI run without --modality would otherwise go through CT scaling)."""
+    if modality == "ct" and float(volume.array.min()) > CT_LOWEST_HU:
+        raise VolumeError(
+            f"the input has no voxel below {CT_LOWEST_HU:g}, so it does not look like CT in Hounsfield units; "
+            "pass --modality mri or pet (or a matching --checkpoint), or --modality ct if it is CT"
+        )
 
 
 def add_models_parser(sub) -> None:

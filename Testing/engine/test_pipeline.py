@@ -71,3 +71,14 @@ def test_bad_sample_requests_exit_2_with_advice(tmp_path, mri_card, mri_volume, 
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_a_non_ct_scan_without_modality_is_not_sent_through_a_ct_model(tmp_path, mri_volume, capsys):
+    source = write_volume(mri_volume, tmp_path / "mri.nii.gz")
+    ct_checkpoint = make_tiny_checkpoint(tmp_path, task="denoise", modality="ct")
+    args = ["enhance", str(source), "-o", str(tmp_path / "out.nii.gz"), "--checkpoint", str(ct_checkpoint)]
+
+    assert main(args) == 2
+    assert "--modality mri" in capsys.readouterr().err
+    assert not (tmp_path / "out.nii.gz").exists()
+    assert main(args + ["--modality", "mri"]) == 3  # said explicitly: the CT checkpoint is then refused as such
