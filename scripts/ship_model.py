@@ -58,6 +58,19 @@ def config_card(name: str) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8")).get("card", {}) if path.is_file() else {}
 
 
+def portable(evaluation: dict, data_root: Path) -> dict:
+    """The evaluation without this machine's paths: each scan relative to the data folder (as the configs name
+    them), the checkpoint by name only (it is the model the card belongs to)."""
+
+    def relative(source: str) -> str:
+        path = Path(source)
+        return path.relative_to(data_root).as_posix() if path.is_relative_to(data_root) else path.name
+
+    cases = [case | {"source": relative(case["source"])} for case in evaluation.get("cases", [])]
+    checkpoint = {k: v for k, v in evaluation.get("checkpoint", {}).items() if k != "path"}
+    return evaluation | {"cases": cases, "checkpoint": checkpoint}
+
+
 def complete_card(meta: dict, evaluation: dict | None) -> dict:
     training = meta["training"]
     card = dict(meta.get("card", {})) | config_card(meta["name"])
@@ -75,7 +88,7 @@ def complete_card(meta: dict, evaluation: dict | None) -> dict:
         "validation_metrics": training["validation"],
     }
     if evaluation is not None:
-        card["evaluation"] = evaluation
+        card["evaluation"] = portable(evaluation, DATA_MANIFEST.parent.resolve())
     return meta | {"card": card}
 
 
