@@ -147,7 +147,7 @@ class SparseDiffusionEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._state = ProcessingState.IDLE
         self._job = None
         self._message = ""
-        self._listedTask = None
+        self._listedModels = None  # (task, factor) the model list was filled for
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -201,7 +201,7 @@ class SparseDiffusionEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
-        self._listedTask = None
+        self._listedModels = None
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
@@ -212,28 +212,31 @@ class SparseDiffusionEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationM
         sr = self._parameterNode.task == Task.SR
         self.ui.srLabel.visible = sr
         self.ui.srOptionsWidget.visible = sr
-        if self._listedTask != self._parameterNode.task:
+        if self._listedModels != self._modelFilter():
             self._listCheckpoints()
         self._selectCheckpoint(self._parameterNode.checkpoint)
         self._updateControls()
 
     # Checkpoint list: shipped models for the task, a browsed file, and "Browse…"
 
+    def _modelFilter(self) -> tuple[Task, int]:
+        return self._parameterNode.task, self._parameterNode.factor
+
     def _listCheckpoints(self) -> None:
-        """Fill the model list for the current task; keep the choice if it suits the task, else the first."""
-        task = self._parameterNode.task
-        self._listedTask = task
+        """Fill the model list for the task (and SR factor); keep the choice if it suits them, else the first."""
+        self._listedModels = self._modelFilter()
+        task, factor = self._listedModels
         combo = self.ui.checkpointComboBox
         combo.blockSignals(True)
         combo.clear()
-        for card in self.logic.shippedModels(task):
+        for card in self.logic.shippedModels(task, factor):
             combo.addItem(card.describe(), card.name)
         if combo.count == 0:
-            combo.addItem(_("No shipped model for this task: browse for one"), "")
+            combo.addItem(_("No shipped model for this task and factor: browse for one"), "")
         combo.addItem(_("Browse…"), BROWSE)
         combo.blockSignals(False)
         chosen = self._parameterNode.checkpoint
-        if not chosen or not self.logic.checkpointSuits(chosen, task):
+        if not chosen or self.logic.checkpointProblem(chosen, task, factor):
             self._parameterNode.checkpoint = combo.itemData(0)
 
     def _selectCheckpoint(self, checkpoint: str) -> None:
@@ -260,7 +263,7 @@ class SparseDiffusionEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationM
         )
         if not path:
             return None
-        problem = self.logic.checkpointProblem(path, self._parameterNode.task)
+        problem = self.logic.checkpointProblem(path, *self._modelFilter())
         if problem:
             slicer.util.errorDisplay(problem, windowTitle=_("Unsuitable checkpoint"))
             return None
@@ -445,24 +448,15 @@ class SparseDiffusionEnhanceLogic(ScriptedLoadableModuleLogic, EnhanceLogic):
     # Checkpoints, from their JSON cards only (the registry never imports torch)
 
     @staticmethod
-    def shippedModels(task: Task):
+    def shippedModels(task: Task, factor: int):
         from sdenhance import registry
 
-        return registry.list_shipped(task.value)
+        return registry.list_shipped(task.value, factor=factor if task == Task.SR else None)
 
     @staticmethod
-    def checkpointProblem(nameOrPath: str, task: Task) -> str:
-        """Why a checkpoint cannot be used for ``task``, or "" if it can."""
-        from sdenhance import registry
-
-        try:
-            registry.check_task(registry.resolve(nameOrPath), task.value)
-        except registry.CheckpointError as exc:
-            return str(exc)
-        return ""
-
-    def checkpointSuits(self, nameOrPath: str, task: Task) -> bool:
-        return not self.checkpointProblem(nameOrPath, task)
+    def checkpointProblem(nameOrPath: str, task: Task, factor: int) -> str:
+        """Why a checkpoint cannot be used for ``task`` (and SR ``factor``), or "" if it can."""
+        return EnhanceSettings(task=task, checkpoint=nameOrPath, factor=factor).checkpointProblem()
 
     @staticmethod
     def checkpointDescription(nameOrPath: str) -> str:

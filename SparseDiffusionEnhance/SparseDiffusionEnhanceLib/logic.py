@@ -120,6 +120,7 @@ class EnhanceJob:
         self._end(Phase.CANCELLED, WorkerError.cancelled())
 
     def _importResult(self, path: Path) -> None:
+        self.settings = self.settings.asRun(self.worker.finished)  # the SR factor may have been the model's
         scene = self.inputNode.GetScene()
         created = []  # removed again if loading fails, so a failed run adds nothing to the scene
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
@@ -57,12 +57,13 @@ def uncertaintyPath(outputPath: Path) -> Path:
 class EnhanceSettings:
     """Engine options of one run; strings are accepted where an enum is expected (batch use).
 
-    Zero for ``steps`` or ``patch`` and an empty ``checkpoint`` mean "the checkpoint's own default".
+    Zero for ``factor``, ``steps`` or ``patch`` and an empty ``checkpoint`` mean "the checkpoint's own default"
+    (without a checkpoint the engine picks its default model for the task, and for SR the factor).
     """
 
     task: Task = Task.DENOISE
     checkpoint: str = ""
-    factor: int = 2
+    factor: int = 0
     axis: Axis = Axis.Z
     steps: int = 0
     patch: int = 0
@@ -77,8 +78,8 @@ class EnhanceSettings:
         object.__setattr__(self, "axis", Axis(self.axis))
         object.__setattr__(self, "device", Device(self.device))
         object.__setattr__(self, "checkpoint", str(self.checkpoint or ""))
-        if self.factor not in SR_FACTORS:
-            raise ValueError(f"factor {self.factor}: super-resolution supports x2 and x4")
+        if self.factor not in (0, *SR_FACTORS):
+            raise ValueError(f"factor {self.factor}: super-resolution supports x2 and x4 (0: the model's own)")
         if self.steps < 0 or self.patch < 0 or self.seed < 0:
             raise ValueError("steps, patch and seed must not be negative")
         if not 0 <= self.overlap < 1:
@@ -98,7 +99,7 @@ class EnhanceSettings:
         if self.checkpoint:
             args += ["--checkpoint", self.checkpoint]
         if self.task == Task.SR:
-            args += ["--factor", str(self.factor), "--axis", self.axis.value]
+            args += ["--axis", self.axis.value] + (["--factor", str(self.factor)] if self.factor else [])
         if self.steps:
             args += ["--steps", str(self.steps)]
         if self.patch:
@@ -106,6 +107,27 @@ class EnhanceSettings:
         if self.withUncertainty:
             args += ["--samples", str(self.samples), "--uncertainty", str(uncertaintyPath(outputPath))]
         return args
+
+    def checkpointProblem(self) -> str:
+        """Why ``checkpoint`` cannot do this task (or SR factor), or "" if it can; reads only its JSON card."""
+        if not self.checkpoint:
+            return ""
+        from sdenhance import registry
+
+        try:
+            card = registry.resolve(self.checkpoint)
+            registry.check_task(card, self.task.value)
+            if self.task == Task.SR:
+                registry.check_factor(card, self.factor)
+        except registry.CheckpointError as exc:
+            return str(exc)
+        return ""
+
+    def asRun(self, finished: dict) -> EnhanceSettings:
+        """These settings with the SR factor and axis the engine reports having used (its ``done`` event)."""
+        if self.task != Task.SR:
+            return self
+        return replace(self, factor=finished.get("factor", self.factor), axis=finished.get("axis", self.axis))
 
     def workerEnvironment(self) -> dict[str, str]:
         """Variables to add to the worker's environment."""
@@ -115,5 +137,5 @@ class EnhanceSettings:
     def describe(self) -> str:
         """Short label for node names: "denoise" or "super-resolution x2 z"."""
         if self.task == Task.SR:
-            return f"super-resolution x{self.factor} {self.axis.value}"
+            return f"super-resolution x{self.factor} {self.axis.value}" if self.factor else "super-resolution"
         return "denoise"

@@ -91,7 +91,9 @@ def add_enhance_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output file (.nii.gz, .nrrd, .mha)")
     p.add_argument("--task", choices=["denoise", "sr"], default="denoise")
     p.add_argument("--checkpoint", help="shipped model name (see `sdenhance models`) or .safetensors path")
-    p.add_argument("--factor", type=int, choices=[2, 4], help="SR factor (default: the checkpoint's)")
+    p.add_argument(
+        "--factor", type=int, choices=[2, 4], help="SR factor (default: the checkpoint's; without one, the smallest)"
+    )
     p.add_argument("--axis", choices=["x", "y", "z"], help="SR through-plane axis (default: the checkpoint's)")
     p.add_argument("--modality", choices=["ct", "mri", "pet"], help="default: the checkpoint's")
     p.add_argument("--steps", type=int, help="sparse steps K (default: the checkpoint's)")
@@ -156,7 +158,7 @@ def _enhance(args, reporter: Reporter) -> int:
         raise VolumeError("--output and --uncertainty name the same file; give them different names")
     volume = read_volume(args.input)
     validate_intensities(volume.array)
-    card = resolve(args.checkpoint) if args.checkpoint else default_for(args.task, args.modality)
+    card = resolve(args.checkpoint) if args.checkpoint else default_for(args.task, args.modality, args.factor)
     if args.modality is None:
         check_looks_like(volume, card.modality)
     # torch loads only now, so a bad input or checkpoint fails at once
@@ -194,6 +196,8 @@ def _enhance(args, reporter: Reporter) -> int:
     reporter.done(
         output=str(outputs[0]),
         uncertainty=args.uncertainty,
+        factor=plan.factor,
+        axis=plan.axis,
         samples=args.samples,
         checkpoint=card.name,
         steps=plan.sampler.steps,

@@ -545,7 +545,8 @@ def setup_from_args(args) -> tuple[list[Path], Setup]:
         raise ValueError(f"the degradation is for {implied.upper()}, not {args.modality.upper()}")
     card = None
     if OURS in methods:
-        card = resolve(args.checkpoint) if args.checkpoint else default_for(task, implied or args.modality)
+        factor = spec.get("factor") if task == "sr" else None
+        card = resolve(args.checkpoint) if args.checkpoint else default_for(task, implied or args.modality, factor)
     modality = implied or args.modality or (card.modality if card else None)
     if modality is None:
         raise ValueError("give --modality (a slice-thickening degradation fits any modality)")

@@ -10,7 +10,7 @@ import torch
 from .checkpoint import load_model, schedule_of
 from .io import AXIS_TO_NUMPY, Volume, VolumeError, fine_grid, resample_onto, validate_intensities
 from .normalize import Normalizer, output_dtype
-from .registry import CheckpointError, ModelCard, check_task
+from .registry import CheckpointError, ModelCard, check_factor, check_task
 from .sampler import ProgressFn, SamplerConfig, evaluations, sample
 
 
@@ -81,12 +81,8 @@ def check_compatible(card: ModelCard, options: EnhanceOptions) -> tuple[str, int
         )
     if options.task != "sr":
         return modality, None, None
-    factor = options.factor or card.meta["sr_factor"]
-    if factor != card.meta["sr_factor"]:
-        raise CheckpointError(
-            f"checkpoint '{card.name}' up-samples x{card.meta['sr_factor']}, not x{factor}; "
-            f"pick an x{factor} checkpoint"
-        )
+    check_factor(card, options.factor)
+    factor = card.meta["sr_factor"]
     axis = options.axis or card.meta["sr_axis"]
     if axis not in AXIS_TO_NUMPY:
         raise VolumeError(f"axis '{axis}' must be x, y or z")

@@ -69,10 +69,16 @@ def read_card(weights_path: str | Path) -> ModelCard:
     return ModelCard(name=meta.get("name", weights_path.stem), path=weights_path, meta=meta)
 
 
-def list_shipped(task: str | None = None, modality: str | None = None) -> list[ModelCard]:
-    """Shipped checkpoints, optionally filtered by task and modality, sorted by name."""
+def list_shipped(task: str | None = None, modality: str | None = None, factor: int | None = None) -> list[ModelCard]:
+    """Shipped checkpoints, optionally filtered by task, modality and SR factor, sorted by name."""
     cards = [read_card(p) for p in sorted(SHIPPED_DIR.glob("*.safetensors"))]
-    return [c for c in cards if (task is None or c.task == task) and (modality is None or c.modality == modality)]
+    return [
+        c
+        for c in cards
+        if (task is None or c.task == task)
+        and (modality is None or c.modality == modality)
+        and (factor is None or c.meta.get("sr_factor") == factor)
+    ]
 
 
 def resolve(name_or_path: str) -> ModelCard:
@@ -87,14 +93,19 @@ def resolve(name_or_path: str) -> ModelCard:
     raise CheckpointError(f"no checkpoint named '{name_or_path}' (shipped: {names}); or give a .safetensors path")
 
 
-def default_for(task: str, modality: str | None) -> ModelCard:
-    """The shipped model a task uses when no checkpoint is given (modality first, then CT)."""
-    for mod in ([modality] if modality else []) + ["ct", "mri", "pet"]:
-        cards = list_shipped(task, mod)
+def default_for(task: str, modality: str | None, factor: int | None = None) -> ModelCard:
+    """The shipped model a task uses when no checkpoint is given: the modality's (with none given, CT's, else
+    MRI's, else PET's); for super-resolution the one with ``factor``, or the smallest factor when none is given."""
+    for mod in [modality] if modality else MODALITIES:
+        cards = list_shipped(task, mod, factor if task == "sr" else None)
         if cards:
-            return cards[0]
+            return min(cards, key=lambda card: card.meta.get("sr_factor", 0))
+    wanted = f"{modality.upper()} {task}" if modality else task
+    if task == "sr" and factor:
+        wanted += f" x{factor}"
     raise CheckpointError(
-        f"no shipped model for task '{task}'; pass --checkpoint PATH.safetensors (train one with sdenhance train)"
+        f"no shipped model for {wanted} (shipped: {', '.join(c.name for c in list_shipped(task)) or 'none'}); "
+        "pass --checkpoint PATH.safetensors (train one with sdenhance train)"
     )
 
 
@@ -103,4 +114,14 @@ def check_task(card: ModelCard, task: str) -> None:
         raise CheckpointError(
             f"checkpoint '{card.name}' is a {card.task} model, not {task}; pick a {task} checkpoint "
             f"(shipped: {', '.join(c.name for c in list_shipped(task)) or 'none'})"
+        )
+
+
+def check_factor(card: ModelCard, factor: int | None) -> None:
+    """An SR checkpoint up-samples by the one factor it was trained for."""
+    if factor and card.meta.get("sr_factor") != factor:
+        others = ", ".join(c.name for c in list_shipped("sr", factor=factor)) or "none shipped"
+        raise CheckpointError(
+            f"checkpoint '{card.name}' up-samples x{card.meta.get('sr_factor')}, not x{factor}; "
+            f"pick an x{factor} checkpoint ({others})"
         )

@@ -21,8 +21,9 @@ def make_tiny_checkpoint(
     sr_axis: str = "z",
     seed: int = 0,
     perturb: float = 0.01,
+    name: str | None = None,
 ) -> Path:
-    """Write ``tiny-<task>-<modality>.safetensors`` + JSON with a 16^3 patch and K = 2.
+    """Write ``<name>.safetensors`` + JSON (default name ``tiny-<task>-<modality>``) with a 16^3 patch and K = 2.
 
     The zero-initialised output layer is perturbed (``perturb``) so the network does change its input,
     which lets tests see that the model was really run.
@@ -32,7 +33,7 @@ def make_tiny_checkpoint(
     with torch.no_grad():
         for p in model.head[-1].parameters():
             p.normal_(0.0, perturb)
-    name = f"tiny-{task}-{modality}"
+    name = name or f"tiny-{task}-{modality}"
     meta = build_meta(
         name=name,
         task=task,

@@ -15,6 +15,7 @@ slicer = pytest.importorskip("slicer", reason=SLICER_CORE_MISSING)
 psutil = pytest.importorskip("psutil")
 
 from SparseDiffusionEnhanceLib import (  # noqa: E402
+    Axis,
     EnhanceLogic,
     EnhanceSettings,
     Phase,
@@ -54,6 +55,23 @@ def test_settings_become_worker_arguments():
     assert "--steps" not in defaults and "--checkpoint" not in defaults and "--factor" not in defaults
     with pytest.raises(ValueError, match="x2 and x4"):
         EnhanceSettings(factor=3)
+
+
+def test_a_checkpoint_is_checked_against_task_and_factor(tinyCheckpoints):
+    sr = str(tinyCheckpoints["sr"])  # x2 along z
+    assert EnhanceSettings(task="sr", checkpoint=sr, factor=2).checkpointProblem() == ""
+    assert EnhanceSettings(task="sr", checkpoint=sr).checkpointProblem() == ""  # factor 0: the model's own
+    assert "up-samples x2, not x4" in EnhanceSettings(task="sr", checkpoint=sr, factor=4).checkpointProblem()
+    assert "is a sr model, not denoise" in EnhanceSettings(task="denoise", checkpoint=sr).checkpointProblem()
+    assert "not found" in EnhanceSettings(checkpoint="/nowhere/model.safetensors").checkpointProblem()
+
+
+def test_settings_take_the_factor_and_axis_the_engine_used():
+    asked = EnhanceSettings(task="sr", axis="y")
+    assert asked.describe() == "super-resolution"
+    used = asked.asRun({"factor": 4, "axis": "y", "checkpoint": "ct-sr4"})
+    assert (used.factor, used.axis) == (4, Axis.Y) and used.describe() == "super-resolution x4 y"
+    assert EnhanceSettings(task="denoise").asRun({"factor": None, "axis": None}) == EnhanceSettings(task="denoise")
 
 
 def test_several_samples_ask_for_an_uncertainty_file_beside_the_result():
@@ -121,12 +139,12 @@ def test_samples_bring_back_an_uncertainty_volume_on_the_result_grid(logic, obli
 
 
 def test_super_resolution_result_lands_on_the_fine_grid(logic, obliqueVolume, tinyCheckpoints):
-    output = logic.enhance(
-        obliqueVolume, task="sr", checkpoint=str(tinyCheckpoints["sr"]), factor=2, axis="z", device="cpu"
-    )
+    # no factor given: the checkpoint's own (x2), as the engine reports it back
+    output = logic.enhance(obliqueVolume, task="sr", checkpoint=str(tinyCheckpoints["sr"]), axis="z", device="cpu")
     assert output.GetImageData().GetDimensions() == (12, 14, 20)
     np.testing.assert_allclose(voxelCornersRAS(output), voxelCornersRAS(obliqueVolume), atol=1e-6)
     assert provenance(output)["factor"] == "2"
+    assert output.GetName() == "CT oblique enhanced (super-resolution x2 z)"
     assert os.listdir(logic.tempRoot) == []
 
 
