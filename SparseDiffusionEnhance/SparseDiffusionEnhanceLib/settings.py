@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sdenhance.registry import MAX_SAMPLES, SR_FACTORS
+
 
 class Task(enum.Enum):
     DENOISE = "denoise"
@@ -34,9 +36,6 @@ class Device(enum.Enum):
         return {"auto": "Auto (GPU if available)", "cpu": "CPU", "cuda": "GPU (CUDA)"}[self.value]
 
 
-SR_FACTORS = (2, 4)
-#: The engine averages at most this many samples (one per flip of the three axes).
-MAX_SAMPLES = 8
 #: File name endings the engine can write.
 OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 

@@ -17,7 +17,7 @@ from . import __version__
 from .demo import add_demo_parser
 from .evaluate import add_evaluate_parser
 from .io import VolumeError, read_volume, validate_intensities, write_volume
-from .registry import CheckpointError, default_for, list_shipped, resolve
+from .registry import MAX_SAMPLES, MODALITIES, SR_FACTORS, CheckpointError, default_for, list_shipped, resolve
 
 EXIT_INTERNAL, EXIT_INPUT, EXIT_CHECKPOINT, EXIT_MEMORY = 1, 2, 3, 4
 
@@ -92,10 +92,10 @@ def add_enhance_parser(sub) -> None:
     p.add_argument("--task", choices=["denoise", "sr"], default="denoise")
     p.add_argument("--checkpoint", help="shipped model name (see `sdenhance models`) or .safetensors path")
     p.add_argument(
-        "--factor", type=int, choices=[2, 4], help="SR factor (default: the checkpoint's; without one, the smallest)"
+        "--factor", type=int, choices=SR_FACTORS, help="SR factor (default: the checkpoint's; else the smallest)"
     )
     p.add_argument("--axis", choices=["x", "y", "z"], help="SR through-plane axis (default: the checkpoint's)")
-    p.add_argument("--modality", choices=["ct", "mri", "pet"], help="default: the checkpoint's")
+    p.add_argument("--modality", choices=MODALITIES, help="default: the checkpoint's")
     p.add_argument("--steps", type=int, help="sparse steps K (default: the checkpoint's)")
     p.add_argument("--heun", action="store_true", help="2nd-order Heun correction (about 2x the time)")
     p.add_argument("--seed", type=int, default=0)
@@ -103,7 +103,7 @@ def add_enhance_parser(sub) -> None:
         "--samples",
         type=int,
         default=1,
-        help="average this many samples (1-8, each with its own seed and flip; N times the time)",
+        help=f"average this many samples (1-{MAX_SAMPLES}, each with its own seed and flip; N times the time)",
     )
     p.add_argument(
         "--uncertainty", help="also write the samples' per-voxel standard deviation here (needs --samples >= 2)"
@@ -153,7 +153,7 @@ def _enhance(args, reporter: Reporter) -> int:
         if output.resolve() == Path(args.input).resolve():
             raise VolumeError("the output would overwrite the input; choose another output path")
     if args.uncertainty and args.samples < 2:
-        raise VolumeError("--uncertainty needs the spread of several samples: add --samples 4 (or 2-8)")
+        raise VolumeError(f"--uncertainty needs the spread of several samples: add --samples 4 (or 2-{MAX_SAMPLES})")
     if len(set(o.resolve() for o in outputs)) < len(outputs):
         raise VolumeError("--output and --uncertainty name the same file; give them different names")
     volume = read_volume(args.input)

@@ -10,7 +10,7 @@ import torch
 from .checkpoint import load_model, schedule_of
 from .io import AXIS_TO_NUMPY, Volume, VolumeError, fine_grid, resample_onto, validate_intensities
 from .normalize import Normalizer, output_dtype
-from .registry import CheckpointError, ModelCard, check_factor, check_task
+from .registry import MAX_SAMPLES, CheckpointError, ModelCard, check_factor, check_task
 from .sampler import ProgressFn, SamplerConfig, evaluations, sample
 
 
@@ -109,8 +109,8 @@ class Plan:
 def plan_enhancement(volume: Volume, card: ModelCard, options: EnhanceOptions) -> Plan:
     """Validate the request against the volume and checkpoint; raises VolumeError / CheckpointError."""
     validate_intensities(volume.array)
-    if not 1 <= options.samples <= len(FLIPS):
-        raise VolumeError(f"samples {options.samples} must be between 1 and {len(FLIPS)}")
+    if not 1 <= options.samples <= MAX_SAMPLES:
+        raise VolumeError(f"samples {options.samples} must be between 1 and {MAX_SAMPLES}")
     modality, factor, axis = check_compatible(card, options)
     device = pick_device(options.device)
     shape = list(volume.array.shape)

@@ -2,7 +2,8 @@
 
 A checkpoint is two files side by side: ``NAME.safetensors`` (weights) and ``NAME.json`` (metadata and
 model card). Shipped checkpoints live in this package's ``models/`` folder. This module only reads JSON so
-the Slicer GUI process can list models without loading torch.
+the Slicer GUI process can list models without loading torch; for the same reason it holds the limits that the
+GUI checks its settings against.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 SHIPPED_DIR = Path(__file__).with_name("models")
 TASKS = ("denoise", "sr")
 MODALITIES = ("ct", "mri", "pet")
+SR_FACTORS = (2, 4)
+#: The most samples one run averages: one per flip of the three axes (``pipeline.FLIPS``).
+MAX_SAMPLES = 8
 
 
 class CheckpointError(ValueError):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sdenhance.cli import main
 from sdenhance.io import Volume, read_volume, write_volume
-from sdenhance.pipeline import EnhanceOptions, enhance_volume
-from sdenhance.registry import resolve
+from sdenhance.pipeline import FLIPS, EnhanceOptions, enhance_volume
+from sdenhance.registry import MAX_SAMPLES, resolve
 from sdenhance.testing import make_tiny_checkpoint
 
 
@@ -38,6 +38,10 @@ def test_two_samples_are_the_mean_and_spread_of_a_plain_and_a_flipped_run(mri_ca
     np.testing.assert_allclose(both.spread.array, np.abs(first - second) / np.sqrt(2), rtol=1e-5, atol=1e-4)
     assert both.spread.spacing == mri_volume.spacing and both.spread.array.dtype == np.float32
     assert enhance_volume(mri_volume, mri_card, options).spread is None
+
+
+def test_every_allowed_sample_has_a_flip_of_its_own():
+    assert len(FLIPS) == len(set(FLIPS)) == MAX_SAMPLES
 
 
 def test_cli_writes_uncertainty_and_counts_every_sample_in_progress(tmp_path, mri_card, mri_volume, capsys):
