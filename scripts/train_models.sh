@@ -11,7 +11,7 @@ minutes=${1:-60}
 shift || true
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
-  names=(ct-denoise ct-sr4 pet-denoise mri-denoise mri-sr2)
+  names=(ct-denoise ct-sr4 ct-sr2 pet-denoise mri-denoise mri-sr2)
 fi
 for name in "${names[@]}"; do
   sdenhance train --config "scripts/configs/$name.yaml" --output "runs/$name" --resume \
