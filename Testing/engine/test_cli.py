@@ -18,24 +18,16 @@ def _events(capsys):
     return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
 
 
+def _enhance(source, out, checkpoint, *extra, progress="jsonl") -> int:
+    """``sdenhance enhance SOURCE -o OUT --checkpoint CHECKPOINT --progress PROGRESS EXTRA...``; the exit code."""
+    args = ["enhance", str(source), "-o", str(out), "--checkpoint", str(checkpoint), "--progress", progress]
+    return main([*args, *extra])
+
+
 def test_denoise_keeps_geometry_and_reports_jsonl(tmp_path, ct_file, tiny_checkpoints, capsys):
     before = _digest(ct_file)
     out = tmp_path / "out.nii.gz"
-    code = main(
-        [
-            "enhance",
-            str(ct_file),
-            "-o",
-            str(out),
-            "--checkpoint",
-            str(tiny_checkpoints["denoise"]),
-            "--progress",
-            "jsonl",
-            "--steps",
-            "2",
-        ]
-    )
-    assert code == 0
+    assert _enhance(ct_file, out, tiny_checkpoints["denoise"], "--steps", "2") == 0
     events = _events(capsys)
     assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "done"
     steps = [e for e in events if e["event"] == "step"]
@@ -52,23 +44,7 @@ def test_denoise_keeps_geometry_and_reports_jsonl(tmp_path, ct_file, tiny_checkp
 
 def test_sr_output_has_finer_grid_with_same_extent(tmp_path, ct_file, tiny_checkpoints):
     out = tmp_path / "sr.nrrd"
-    assert (
-        main(
-            [
-                "enhance",
-                str(ct_file),
-                "-o",
-                str(out),
-                "--task",
-                "sr",
-                "--checkpoint",
-                str(tiny_checkpoints["sr"]),
-                "--progress",
-                "none",
-            ]
-        )
-        == 0
-    )
+    assert _enhance(ct_file, out, tiny_checkpoints["sr"], "--task", "sr", progress="none") == 0
     result, expected = read_volume(out), fine_grid(read_volume(ct_file), 2, "z")
     assert result.array.shape == expected.array.shape == (20, 24, 20)
     np.testing.assert_allclose(result.origin, expected.origin, atol=1e-5)
@@ -78,19 +54,9 @@ def test_sr_output_has_finer_grid_with_same_extent(tmp_path, ct_file, tiny_check
 def test_existing_output_needs_overwrite(tmp_path, ct_file, tiny_checkpoints):
     out = tmp_path / "out.nrrd"
     out.write_bytes(b"precious")
-    args = [
-        "enhance",
-        str(ct_file),
-        "-o",
-        str(out),
-        "--checkpoint",
-        str(tiny_checkpoints["denoise"]),
-        "--progress",
-        "none",
-    ]
-    assert main(args) == 2
+    assert _enhance(ct_file, out, tiny_checkpoints["denoise"], progress="none") == 2
     assert out.read_bytes() == b"precious"
-    assert main([*args, "--overwrite"]) == 0
+    assert _enhance(ct_file, out, tiny_checkpoints["denoise"], "--overwrite", progress="none") == 0
     assert read_volume(out).array.shape == (10, 24, 20)
 
 
@@ -110,21 +76,7 @@ def _write(tmp_path, image, name="bad.nrrd"):
 )
 def test_bad_inputs_exit_2_with_advice(tmp_path, tiny_checkpoints, capsys, make_input, code, message):
     path = make_input(tmp_path)
-    assert (
-        main(
-            [
-                "enhance",
-                str(path),
-                "-o",
-                str(tmp_path / "o.nrrd"),
-                "--checkpoint",
-                str(tiny_checkpoints["denoise"]),
-                "--progress",
-                "jsonl",
-            ]
-        )
-        == code
-    )
+    assert _enhance(path, tmp_path / "o.nrrd", tiny_checkpoints["denoise"]) == code
     error = _events(capsys)[-1]
     assert error["event"] == "error" and error["kind"] == "input" and message in error["message"]
     assert not (tmp_path / "o.nrrd").exists()
@@ -135,28 +87,13 @@ def test_nan_volume_is_refused(tmp_path, tiny_checkpoints, capsys):
     array[2, 2, 2] = np.inf
     path = tmp_path / "nan.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
-    assert (
-        main(["enhance", str(path), "-o", str(tmp_path / "o.nrrd"), "--checkpoint", str(tiny_checkpoints["denoise"])])
-        == 2
-    )
+    assert _enhance(path, tmp_path / "o.nrrd", tiny_checkpoints["denoise"], progress="bar") == 2
     assert "NaN/Inf" in capsys.readouterr().err
 
 
 def test_checkpoint_problems_exit_3(tmp_path, ct_file, tiny_checkpoints, capsys):
     def run(checkpoint, *extra):
-        return main(
-            [
-                "enhance",
-                str(ct_file),
-                "-o",
-                str(tmp_path / "o.nrrd"),
-                "--checkpoint",
-                str(checkpoint),
-                "--progress",
-                "jsonl",
-                *extra,
-            ]
-        )
+        return _enhance(ct_file, tmp_path / "o.nrrd", checkpoint, *extra)
 
     assert run(tmp_path / "missing.safetensors") == 3
     assert run(tiny_checkpoints["sr"]) == 3  # an SR model asked to denoise
@@ -218,20 +155,6 @@ def test_write_then_enhance_small_volume_smaller_than_patch(tmp_path, tiny_check
         Volume(np.linspace(-500, 500, 4 * 5 * 6).reshape(4, 5, 6).astype(np.float32), (1.0, 1.0, 1.0)),
         tmp_path / "small.nrrd",
     )
-    assert (
-        main(
-            [
-                "enhance",
-                str(path),
-                "-o",
-                str(tmp_path / "o.nrrd"),
-                "--checkpoint",
-                str(tiny_checkpoints["denoise"]),
-                "--progress",
-                "none",
-            ]
-        )
-        == 0
-    )
+    assert _enhance(path, tmp_path / "o.nrrd", tiny_checkpoints["denoise"], progress="none") == 0
     result = read_volume(tmp_path / "o.nrrd")
     assert result.array.shape == (4, 5, 6) and result.array.dtype == np.float32
