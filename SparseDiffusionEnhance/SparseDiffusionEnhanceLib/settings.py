@@ -114,10 +114,7 @@ class EnhanceSettings:
         from sdenhance import registry
 
         try:
-            card = registry.resolve(self.checkpoint)
-            registry.check_task(card, self.task.value)
-            if self.task == Task.SR:
-                registry.check_factor(card, self.factor)
+            registry.check_fits(registry.resolve(self.checkpoint), self.task.value, self.factor)
         except registry.CheckpointError as exc:
             return str(exc)
         return ""

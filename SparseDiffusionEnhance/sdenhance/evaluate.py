@@ -543,11 +543,11 @@ def setup_from_args(args) -> tuple[list[Path], Setup]:
         )
     if implied and args.modality and implied != args.modality:
         raise ValueError(f"the degradation is for {implied.upper()}, not {args.modality.upper()}")
+    asked = implied or args.modality
     card = None
     if OURS in methods:
-        factor = spec.get("factor") if task == "sr" else None
-        card = resolve(args.checkpoint) if args.checkpoint else default_for(task, implied or args.modality, factor)
-    modality = implied or args.modality or (card.modality if card else None)
+        card = resolve(args.checkpoint) if args.checkpoint else default_for(task, asked, spec.get("factor"))
+    modality = asked or (card.modality if card else None)
     if modality is None:
         raise ValueError("give --modality (a slice-thickening degradation fits any modality)")
     setup = Setup(spec, modality, tuple(methods), card, args.steps, args.seed, args.device, args.crop, args.samples)

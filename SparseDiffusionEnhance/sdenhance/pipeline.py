@@ -10,7 +10,7 @@ import torch
 from .checkpoint import load_model, schedule_of
 from .io import AXIS_TO_NUMPY, Volume, VolumeError, fine_grid, resample_onto, validate_intensities
 from .normalize import Normalizer, output_dtype
-from .registry import MAX_SAMPLES, CheckpointError, ModelCard, check_factor, check_task
+from .registry import MAX_SAMPLES, CheckpointError, ModelCard, check_fits
 from .sampler import ProgressFn, SamplerConfig, evaluations, sample
 
 
@@ -72,7 +72,7 @@ def sampler_config(card: ModelCard, options: EnhanceOptions, device: torch.devic
 
 def check_compatible(card: ModelCard, options: EnhanceOptions) -> tuple[str, int | None, str | None]:
     """Modality, SR factor and axis to use; refuses a checkpoint that does not fit the request."""
-    check_task(card, options.task)
+    check_fits(card, options.task, options.factor)
     modality = options.modality or card.modality
     if modality != card.modality:
         raise CheckpointError(
@@ -81,7 +81,6 @@ def check_compatible(card: ModelCard, options: EnhanceOptions) -> tuple[str, int
         )
     if options.task != "sr":
         return modality, None, None
-    check_factor(card, options.factor)
     factor = card.meta["sr_factor"]
     axis = options.axis or card.meta["sr_axis"]
     if axis not in AXIS_TO_NUMPY:
@@ -164,7 +163,7 @@ def enhance_volume(
             continue
         delta = x - mean  # Welford's running mean and sum of squares: two buffers, whatever the sample count
         mean += delta / (i + 1)
-        sum_sq = sum_sq + delta * (x - mean)
+        sum_sq += delta * (x - mean)
     dtype = output_dtype(volume.array.dtype, plan.modality)
     result = np.swapaxes(np.rint(mean) if np.issubdtype(dtype, np.integer) else mean, *swap)
     spread = None

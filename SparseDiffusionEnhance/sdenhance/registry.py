@@ -85,6 +85,11 @@ def list_shipped(task: str | None = None, modality: str | None = None, factor: i
     ]
 
 
+def shipped_names(task: str | None = None, factor: int | None = None) -> str:
+    """The shipped models' names for error messages, e.g. "ct-sr2, mri-sr2", or "none"."""
+    return ", ".join(c.name for c in list_shipped(task, factor=factor)) or "none"
+
+
 def resolve(name_or_path: str) -> ModelCard:
     """A shipped model by name (``ct-denoise``) or a path to a ``.safetensors`` file."""
     candidate = Path(name_or_path)
@@ -93,8 +98,9 @@ def resolve(name_or_path: str) -> ModelCard:
     shipped = SHIPPED_DIR / f"{name_or_path}.safetensors"
     if shipped.is_file():
         return read_card(shipped)
-    names = ", ".join(c.name for c in list_shipped()) or "none shipped yet"
-    raise CheckpointError(f"no checkpoint named '{name_or_path}' (shipped: {names}); or give a .safetensors path")
+    raise CheckpointError(
+        f"no checkpoint named '{name_or_path}' (shipped: {shipped_names()}); or give a .safetensors path"
+    )
 
 
 def default_for(task: str, modality: str | None, factor: int | None = None) -> ModelCard:
@@ -108,7 +114,7 @@ def default_for(task: str, modality: str | None, factor: int | None = None) -> M
     if task == "sr" and factor:
         wanted += f" x{factor}"
     raise CheckpointError(
-        f"no shipped model for {wanted} (shipped: {', '.join(c.name for c in list_shipped(task)) or 'none'}); "
+        f"no shipped model for {wanted} (shipped: {shipped_names(task)}); "
         "pass --checkpoint PATH.safetensors (train one with sdenhance train)"
     )
 
@@ -117,15 +123,21 @@ def check_task(card: ModelCard, task: str) -> None:
     if card.task != task:
         raise CheckpointError(
             f"checkpoint '{card.name}' is a {card.task} model, not {task}; pick a {task} checkpoint "
-            f"(shipped: {', '.join(c.name for c in list_shipped(task)) or 'none'})"
+            f"(shipped: {shipped_names(task)})"
         )
 
 
 def check_factor(card: ModelCard, factor: int | None) -> None:
     """An SR checkpoint up-samples by the one factor it was trained for."""
     if factor and card.meta.get("sr_factor") != factor:
-        others = ", ".join(c.name for c in list_shipped("sr", factor=factor)) or "none shipped"
         raise CheckpointError(
             f"checkpoint '{card.name}' up-samples x{card.meta.get('sr_factor')}, not x{factor}; "
-            f"pick an x{factor} checkpoint ({others})"
+            f"pick an x{factor} checkpoint (shipped: {shipped_names('sr', factor)})"
         )
+
+
+def check_fits(card: ModelCard, task: str, factor: int | None = None) -> None:
+    """A checkpoint for ``task`` and, for super-resolution, ``factor`` (None: whichever it was trained for)."""
+    check_task(card, task)
+    if task == "sr":
+        check_factor(card, factor)

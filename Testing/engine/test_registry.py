@@ -52,7 +52,7 @@ def test_a_checkpoint_refuses_another_factor_and_names_one_that_fits(shipped):
     card = registry.resolve("ct-sr2")
     check_factor(card, 2)
     check_factor(card, None)
-    with pytest.raises(CheckpointError, match=r"up-samples x2, not x4; pick an x4 checkpoint \(ct-sr4\)"):
+    with pytest.raises(CheckpointError, match=r"up-samples x2, not x4; pick an x4 checkpoint \(shipped: ct-sr4\)"):
         check_factor(card, 4)
 
 

@@ -57,13 +57,13 @@ def test_settings_become_worker_arguments():
         EnhanceSettings(factor=3)
 
 
-def test_a_checkpoint_is_checked_against_task_and_factor(tinyCheckpoints):
+def test_a_checkpoint_is_checked_against_task_and_factor(tinyCheckpoints, tmp_path):
     sr = str(tinyCheckpoints["sr"])  # x2 along z
     assert EnhanceSettings(task="sr", checkpoint=sr, factor=2).checkpointProblem() == ""
     assert EnhanceSettings(task="sr", checkpoint=sr).checkpointProblem() == ""  # factor 0: the model's own
     assert "up-samples x2, not x4" in EnhanceSettings(task="sr", checkpoint=sr, factor=4).checkpointProblem()
     assert "is a sr model, not denoise" in EnhanceSettings(task="denoise", checkpoint=sr).checkpointProblem()
-    assert "not found" in EnhanceSettings(checkpoint="/nowhere/model.safetensors").checkpointProblem()
+    assert "not found" in EnhanceSettings(checkpoint=tmp_path / "missing.safetensors").checkpointProblem()
 
 
 def test_settings_take_the_factor_and_axis_the_engine_used():
@@ -75,9 +75,9 @@ def test_settings_take_the_factor_and_axis_the_engine_used():
 
 
 def test_several_samples_ask_for_an_uncertainty_file_beside_the_result():
-    args = EnhanceSettings(samples=3).workerArguments("in.nrrd", "/tmp/x/scan_enhanced.nii.gz")
+    args = EnhanceSettings(samples=3).workerArguments("in.nrrd", "x/scan_enhanced.nii.gz")
     assert args[args.index("--samples") + 1] == "3"
-    assert args[args.index("--uncertainty") + 1] == "/tmp/x/scan_enhanced_uncertainty.nii.gz"
+    assert args[args.index("--uncertainty") + 1] == "x/scan_enhanced_uncertainty.nii.gz"
     assert "--uncertainty" not in EnhanceSettings(samples=1).workerArguments("in.nrrd", "out.nrrd")
     with pytest.raises(ValueError, match="between 1 and 8"):
         EnhanceSettings(samples=9)
