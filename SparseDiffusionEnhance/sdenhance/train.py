@@ -282,7 +282,8 @@ def train(
     schedule = NoiseSchedule(config.schedule)
     timesteps = schedule.training_timesteps(dense)
     validator = Validator(config) if rank == 0 and config.val_files else None
-    log = _CsvLog(output / "log.csv", ["step", "loss", "lr", "step_s", "patches_per_s"]) if rank == 0 else None
+    log_header = ["step", "loss", "lr", "step_s", "patches_per_s"]
+    log = _CsvLog(output / "log.csv", log_header, next_step=run.step + 1) if rank == 0 else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     bar = _progress_bar(run.step, max_steps) if progress and rank == 0 else None
     started, last_metrics, losses = time.monotonic(), {}, []
@@ -346,7 +347,7 @@ def train(
 
 def _validate(validator: Validator, model, schedule, device, output: Path, step: int) -> dict:
     scores = validator(model, schedule, device)
-    log = _CsvLog(output / "val.csv", ["step", "case", "metric", "value"])
+    log = _CsvLog(output / "val.csv", ["step", "case", "metric", "value"], next_step=step)
     for case, values in scores.items():
         for metric, value in values.items():
             log.write([step, case, metric, value])
@@ -375,13 +376,16 @@ def _progress_bar(start: int, total: int):
 
 
 class _CsvLog:
-    """Append-only CSV (the header is written once, so a resumed run continues the same file)."""
+    """A CSV log that a resumed run continues. Rows from ``next_step`` on were written after the last state save by
+    a run that then stopped; the resumed run redoes those steps, so they are dropped rather than listed twice."""
 
-    def __init__(self, path: Path, header: list[str]):
+    def __init__(self, path: Path, header: list[str], next_step: int):
         self.path = path
-        if not path.exists():
+        rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines())) if path.exists() else []
+        kept = [row for row in rows[1:] if int(row[0]) < next_step]
+        if not rows or len(kept) < len(rows) - 1:
             with path.open("w", newline="") as f:
-                csv.writer(f).writerow(header)
+                csv.writer(f).writerows([header, *kept])
 
     def write(self, row: list) -> None:
         with self.path.open("a", newline="") as f:

@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from sdenhance.cli import main
 from sdenhance.io import Volume, read_volume, write_volume
-from sdenhance.pipeline import FLIPS, EnhanceOptions, enhance_volume
+from sdenhance.pipeline import FLIPS, EnhanceOptions, enhance_volume, pick_precision
 from sdenhance.registry import MAX_SAMPLES, resolve
 from sdenhance.testing import make_tiny_checkpoint
 
@@ -86,3 +87,15 @@ def test_a_non_ct_scan_without_modality_is_not_sent_through_a_ct_model(tmp_path,
     assert "--modality mri" in capsys.readouterr().err
     assert not (tmp_path / "out.nii.gz").exists()
     assert main(args + ["--modality", "mri"]) == 3  # said explicitly: the CT checkpoint is then refused as such
+
+
+@pytest.mark.parametrize(
+    ("native", "expected"),
+    [((), "fp32"), (("_is_avx512_bf16_supported",), "bf16"), (("_is_amx_tile_supported",), "bf16")],
+)
+def test_auto_precision_is_bf16_only_on_cpus_that_compute_in_bf16(monkeypatch, native, expected):
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda probe=probe: probe in native, raising=False)
+    assert pick_precision("auto", torch.device("cpu")) == expected
+    assert pick_precision("auto", torch.device("cuda")) == "fp32"
+    assert pick_precision("fp16", torch.device("cpu")) == "fp16"

@@ -81,8 +81,12 @@ def test_resume_continues_exactly_as_if_uninterrupted(tmp_path, config_file):
     config = TrainConfig.load(config_file)
     straight = train(config, tmp_path / "straight", progress=False)
     train(config, tmp_path / "split", max_steps=3, progress=False)
+    log = tmp_path / "split" / "log.csv"
+    with log.open("a") as f:  # a run that then logged step 4 and stopped before its next state save
+        f.write("4,0.5,0.0003,1,1\n")
     resumed = train(config, tmp_path / "split", resume=True, progress=False)
     assert resumed["step"] == 6
+    assert [row.split(",")[0] for row in log.read_text().splitlines()] == ["step", "1", "2", "3", "4", "5", "6"]
     assert resumed["rank_digests"] == straight["rank_digests"]
     a, b = load_file(tmp_path / "straight" / "tiny.safetensors"), load_file(tmp_path / "split" / "tiny.safetensors")
     for key in a:
