@@ -94,6 +94,8 @@ def test_evaluate_denoising_end_to_end(tmp_path, phantom_file, tiny_checkpoints)
         "psnr_window", "ssim_window", "psnr_full", "ssim_full"
     }  # fmt: skip
     assert case["methods"]["gaussian"]["settings"] in BASELINES["gaussian"].sweep
+    assert case["methods"]["ours"]["settings"]["steps"] == 2
+    assert case["methods"]["ours"]["settings"]["precision"] in ("fp32", "bf16")  # what auto chose here
     assert len(case["methods"]["curvature"]["sweep"]) == len(BASELINES["curvature"].sweep)
     assert all(m["seconds"] > 0 for name, m in case["methods"].items() if name != "degraded")
     assert (out / case["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
