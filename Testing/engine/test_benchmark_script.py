@@ -34,8 +34,10 @@ def test_quick_benchmark_writes_every_figure(tmp_path, tiny_checkpoints, monkeyp
     assert all(math.isfinite(v) for v in _numbers(results))
     assert results["overhead"]["by_precision"]["fp32"]["overhead"] > 0
     assert results["throughput"]["by_precision"]["fp32"]["voxels_per_s_per_step"] > 0
-    assert results["sparse_dense"]["dense"]["evaluations"] == 6
-    assert results["sparse_dense"]["sparse_seeds"] == 3 and results["sparse_dense"]["sparse_seed_range_db"] > 0
+    sparse_dense = results["sparse_dense"]
+    assert sparse_dense["dense"]["evaluations"] == 6
+    assert sparse_dense["sparse_seeds"] == 3 and sparse_dense["sparse_seed_range_db"] > 0
+    assert sparse_dense["sparse_then_pass_at_t1"]["psnr_window"] != sparse_dense["sparse"]["psnr_window"]
     rows = [(r["steps"], r["heun"], r["overlap"]) for r in results["steps"]["rows"]]
     assert rows == [(1, False, 0.25), (2, False, 0.25), (2, True, 0.25), (2, False, 0.125)]  # tiny model: K = 2
     assert all(run["peak_rss_gb"] > 0 for run in results["memory"]["runs"])
