@@ -218,14 +218,13 @@ def run_baseline(name: str, case: Case, setup: Setup) -> MethodResult:
 
 def run_ours(case: Case, setup: Setup) -> MethodResult:
     from .metrics import quality
-    from .pipeline import enhance_volume, plan_enhancement
+    from .pipeline import enhance_volume
 
     options = setup.enhance_options()
-    sampler = plan_enhancement(case.model_input, setup.card, options).sampler
     result, seconds = _timed(enhance_volume, case.model_input, setup.card, options)
     scores = quality(case.reference.array, result.volume.array, setup.modality)
     # the precision auto picked on this machine: bf16 and fp32 differ in the third decimal of the PSNR
-    settings = {"steps": sampler.steps, "seed": setup.seed, "precision": sampler.precision}
+    settings = {"steps": result.sampler.steps, "seed": setup.seed, "precision": result.sampler.precision}
     settings |= {"samples": options.samples} if options.samples > 1 else {}
     return MethodResult(f"ours ({setup.card.name})", result.volume.array, scores, seconds, settings)
 

@@ -134,6 +134,7 @@ FLIPS = [(), (2,), (1,), (0,), (1, 2), (0, 2), (0, 1), (0, 1, 2)]
 class Enhanced:
     volume: Volume  # in the input's units and dtype; the mean of the samples
     spread: Volume | None  # per-voxel standard deviation across samples (float32, input units); None for 1 sample
+    sampler: SamplerConfig  # the settings it was sampled with (K, precision auto resolved, ...)
 
 
 def enhance_volume(
@@ -175,7 +176,7 @@ def enhance_volume(
     spread = None
     if plan.samples > 1:
         spread = target.with_array(np.swapaxes(np.sqrt(sum_sq / (plan.samples - 1)), *swap).astype(np.float32))
-    return Enhanced(target.with_array(result.astype(dtype)), spread)
+    return Enhanced(target.with_array(result.astype(dtype)), spread, plan.sampler)
 
 
 def _share(progress: ProgressFn | None, index: int, samples: int) -> ProgressFn | None:
