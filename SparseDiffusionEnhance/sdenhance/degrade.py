@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse
 from scipy import ndimage
 
-from .io import AXIS_TO_NUMPY, Volume, fine_grid, resample_onto
+from .io import AXIS_TO_NUMPY, Volume, crop, resample_onto
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
@@ -353,9 +353,31 @@ def thick_slices(volume: Volume, factor: int, axis: str, profile: str = "box", i
     return low
 
 
-def sr_model_input(low: Volume, factor: int, axis: str) -> Volume:
-    """B-spline resampling of ``low`` onto ``fine_grid(low, factor, axis)``: what the SR network sees."""
-    return resample_onto(low, fine_grid(low, factor, axis))
+def simulate_thick_slices(volume: Volume, spec: dict, rng: np.random.Generator) -> tuple[Volume, Volume]:
+    """(thick-slice volume, reference) for a ``thick_slices`` spec; the reference is the original cropped to
+    thin slices the thick ones cover.
+
+    With ``random_phase`` the first thick slice starts at a random one of the first ``factor`` thin slices (a
+    scanner's slabs need not start where the volume does), so realisations average different runs of thin
+    slices; the reference is then the span that every phase covers, so all realisations share one grid.
+    """
+    factor, axis = spec["factor"], spec["axis"]
+    numpy_axis = AXIS_TO_NUMPY[axis]
+    n_thin = volume.array.shape[numpy_axis]
+    random_phase = spec.get("random_phase", False)
+    phase = int(rng.integers(factor)) if random_phase else 0
+    thick = thick_slices(_slab(volume, numpy_axis, phase, n_thin - phase), factor, axis, spec.get("profile", "box"))
+    phases = range(factor) if random_phase else range(1)
+    start, stop = phases[-1], min(p + (n_thin - p) // factor * factor for p in phases)
+    reference = _slab(volume, numpy_axis, start, stop - start)
+    return thick, reference.with_array(reference.array.astype(np.float32))
+
+
+def _slab(volume: Volume, numpy_axis: int, start: int, count: int) -> Volume:
+    """``count`` slices from ``start`` along one axis, geometry kept exact."""
+    starts, sizes = [0, 0, 0], list(volume.array.shape)
+    starts[numpy_axis], sizes[numpy_axis] = start, count
+    return crop(volume, starts, sizes)
 
 
 def _check_axis(axis: str) -> None:
@@ -427,7 +449,7 @@ DENOISING = {
 }
 #: Every kind's (required keys, optional keys).
 SPEC_KEYS = {kind: ((level,), optional) for kind, (level, _, optional, _) in DENOISING.items()} | {
-    "thick_slices": (("factor", "axis"), ("profile",))
+    "thick_slices": (("factor", "axis"), ("profile", "random_phase"))
 }
 
 
@@ -443,7 +465,7 @@ def make_degradation(spec: dict) -> Degrade:
     _check_spec(spec)
     kind = spec["kind"]
     if kind == "thick_slices":
-        return _super_resolution(spec["factor"], spec["axis"], spec.get("profile", "box"))
+        return _super_resolution(spec)
     level_key, _, optional, simulate = DENOISING[kind]
     options = {key: spec[key] for key in optional if key in spec}
 
@@ -494,6 +516,8 @@ def _check_sr_spec(spec: dict) -> None:
     _check_axis(spec["axis"])
     if spec.get("profile", "box") not in SLICE_PROFILES:
         raise ValueError(f"'profile' must be one of {', '.join(SLICE_PROFILES)}; got {spec['profile']!r}")
+    if not isinstance(spec.get("random_phase", False), bool):
+        raise ValueError(f"'random_phase' must be true or false; got {spec['random_phase']!r}")
 
 
 def _draw_level(level, rng: np.random.Generator) -> float:
@@ -504,13 +528,11 @@ def _draw_level(level, rng: np.random.Generator) -> float:
     return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
 
-def _super_resolution(factor: int, axis: str, profile: str) -> Degrade:
+def _super_resolution(spec: dict) -> Degrade:
     def degrade(volume: Volume, rng: np.random.Generator) -> tuple[Volume, Volume]:
-        model_input = sr_model_input(thick_slices(volume, factor, axis, profile), factor, axis)
-        covered = [slice(None)] * 3
-        covered[AXIS_TO_NUMPY[axis]] = slice(0, model_input.array.shape[AXIS_TO_NUMPY[axis]])
-        reference = replace(volume, array=volume.array[tuple(covered)].astype(np.float32))
-        # Same grid by construction (thick_slices/fine_grid geometry is exact); share it bit for bit.
-        return reference.with_array(model_input.array), reference
+        thick, reference = simulate_thick_slices(volume, spec, rng)
+        # The reference grid is part of fine_grid(thick), so this is sr_model_input(thick) on that part, and it
+        # shares the reference's geometry bit for bit.
+        return resample_onto(thick, reference), reference
 
     return degrade

@@ -163,10 +163,9 @@ def _checked(case: Case) -> Case:
 def _sr_case(name: str, volume: Volume, spec: dict, rng: np.random.Generator) -> Case:
     import SimpleITK as sitk
 
-    from .degrade import make_degradation, thick_slices
+    from .degrade import simulate_thick_slices
 
-    _, reference = make_degradation(spec)(volume, rng)  # the original cropped to the slices the thick ones cover
-    thick = thick_slices(volume, spec["factor"], spec["axis"], spec.get("profile", "box"))
+    thick, reference = simulate_thick_slices(volume, spec, rng)
     return _checked(Case(name, reference, thick, resample_onto(thick, reference, sitk.sitkNearestNeighbor)))
 
 

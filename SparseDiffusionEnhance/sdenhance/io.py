@@ -7,6 +7,7 @@ ITK order ``(x, y, z)`` and ``direction`` is the row-major 3x3 matrix, exactly a
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -168,9 +169,19 @@ def resample_onto(volume: Volume, grid: Volume, interpolator: int = sitk.sitkBSp
     return grid.with_array(sitk.GetArrayFromImage(resampled))
 
 
+def sr_model_input(low: Volume, factor: int, axis: str) -> Volume:
+    """B-spline resampling of ``low`` onto ``fine_grid(low, factor, axis)``: what the SR network sees."""
+    return resample_onto(low, fine_grid(low, factor, axis))
+
+
 def centre_crop(volume: Volume, size: tuple[int, int, int] | list[int]) -> Volume:
     """The central ``size`` (z, y, x) block of ``volume`` (clamped to its shape), geometry kept exact."""
     starts = [max((s - c) // 2, 0) for s, c in zip(volume.array.shape, size, strict=True)]
-    block = tuple(slice(start, start + c) for start, c in zip(starts, size, strict=True))
-    origin = volume.index_to_physical(np.array([starts[::-1]], dtype=float))[0]
+    return crop(volume, starts, size)
+
+
+def crop(volume: Volume, start: Sequence[int], size: Sequence[int]) -> Volume:
+    """The block of ``size`` (z, y, x) voxels from index ``start`` (clamped to the shape), geometry kept exact."""
+    block = tuple(slice(first, first + count) for first, count in zip(start, size, strict=True))
+    origin = volume.index_to_physical(np.array([list(start)[::-1]], dtype=float))[0]
     return replace(volume, array=np.ascontiguousarray(volume.array[block]), origin=tuple(origin.tolist()))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model, schedule_of
-from .io import AXIS_TO_NUMPY, Volume, VolumeError, fine_grid, resample_onto, validate_intensities
+from .io import AXIS_TO_NUMPY, Volume, VolumeError, sr_model_input, validate_intensities
 from .normalize import Normalizer, output_dtype
 from .registry import MAX_SAMPLES, CheckpointError, ModelCard, check_fits
 from .sampler import ProgressFn, SamplerConfig, evaluations, sample
@@ -144,7 +144,7 @@ def enhance_volume(
     spread."""
     plan = plan_enhancement(volume, card, options)
     factor, axis = plan.factor, plan.axis
-    target = volume if factor is None else resample_onto(volume, fine_grid(volume, factor, axis))
+    target = volume if factor is None else sr_model_input(volume, factor, axis)
     normalizer = Normalizer.fit(target.array, plan.modality)
     # an SR model learnt one through-plane axis; other axes are swapped into its place and back
     swap = (AXIS_TO_NUMPY[axis], AXIS_TO_NUMPY[card.meta["sr_axis"]]) if factor else (0, 0)

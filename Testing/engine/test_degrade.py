@@ -13,10 +13,10 @@ from sdenhance.degrade import (
     make_degradation,
     mri_rician,
     pet_low_count,
-    sr_model_input,
+    simulate_thick_slices,
     thick_slices,
 )
-from sdenhance.io import Volume, fine_grid, read_volume
+from sdenhance.io import Volume, fine_grid, read_volume, sr_model_input
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -251,6 +251,38 @@ def test_sr_model_input_is_on_the_fine_grid_and_recovers_smooth_content():
     np.testing.assert_allclose(upsampled.array[4:-4], smooth[4:-4], atol=0.01)
 
 
+@pytest.mark.parametrize(("factor", "span"), [(2, (1, 18)), (4, (3, 16))])
+def test_random_phase_starts_thick_slices_at_every_thin_slice_on_one_reference_grid(factor, span):
+    original = oblique_volume(shape=(19, 9, 13))
+    spec = {"kind": "thick_slices", "factor": factor, "axis": "z", "random_phase": True}
+    rng = np.random.default_rng(0)
+    draws = [simulate_thick_slices(original, spec, rng) for _ in range(30)]
+    first_thick_centres = {tuple(voxel_centres(thick)[0, 0, 0].round(9)) for thick, _ in draws}
+    thin = voxel_centres(original)[:, 0, 0]
+    assert first_thick_centres == {tuple(thin[p : p + factor].mean(axis=0).round(9)) for p in range(factor)}
+    # Every realisation is scored on the thin slices that all phases cover, so they share one grid.
+    start, stop = span
+    expected_origin = voxel_centres(original)[start, 0, 0]
+    for _, reference in draws:
+        np.testing.assert_array_equal(reference.array, original.array[start:stop])
+        np.testing.assert_allclose(reference.origin, expected_origin, atol=1e-9)
+        assert reference.origin == draws[0][1].origin
+
+
+def test_sr_model_input_is_the_fine_grid_upsampling_on_the_reference_span():
+    original = oblique_volume(shape=(19, 9, 13))
+    spec = {"kind": "thick_slices", "factor": 2, "axis": "z", "random_phase": True}
+    inputs = set()
+    for seed in range(6):
+        model_input, reference = make_degradation(spec)(original, np.random.default_rng(seed))
+        thick, _ = simulate_thick_slices(original, spec, np.random.default_rng(seed))
+        upsampled = sr_model_input(thick, 2, "z")
+        offset = int(np.argmin(np.linalg.norm(voxel_centres(upsampled)[:, 0, 0] - reference.origin, axis=1)))
+        np.testing.assert_allclose(model_input.array, upsampled.array[offset : offset + 17], atol=1e-5)
+        inputs.add(model_input.array.tobytes())
+    assert len(inputs) == 2  # the two phases average different pairs of thin slices
+
+
 # ------------------------------------------------------------------ registry
 
 
@@ -303,6 +335,7 @@ def test_fixed_level_is_used_as_is_and_ranges_are_log_uniform():
         ({"kind": "thick_slices", "factor": 1, "axis": "z"}, "integer >= 2"),
         ({"kind": "thick_slices", "factor": 2, "axis": "w"}, "x, y, z"),
         ({"kind": "thick_slices", "factor": 2, "axis": "z", "profile": "sinc"}, "box, gaussian"),
+        ({"kind": "thick_slices", "factor": 2, "axis": "z", "random_phase": "yes"}, "true or false"),
     ],
 )
 def test_invalid_specs_are_refused_with_what_is_valid(spec, message):
