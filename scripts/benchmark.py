@@ -49,7 +49,7 @@ import torch
 from sdenhance import __version__
 from sdenhance.checkpoint import build_meta, load_model, save_checkpoint, schedule_of
 from sdenhance.degrade import make_degradation
-from sdenhance.io import Volume, read_volume, write_volume
+from sdenhance.io import Volume, centre_crop, read_volume, write_volume
 from sdenhance.metrics import quality
 from sdenhance.model import ModelConfig, SparseDiffusionUNet, count_parameters
 from sdenhance.normalize import Normalizer
@@ -181,20 +181,13 @@ def degraded_case(ctx: Context, crop: tuple[int, int, int]) -> tuple[Volume, Vol
     else:
         path = Path(ctx.args.scan)
         volume = read_volume(path if path.is_absolute() else ctx.args.data_root / path)
-        z0 = max((volume.array.shape[0] - crop[0]) // 2, 0)
-        slab = volume.with_array(volume.array.astype(np.float32))
-        slab = Volume(np.ascontiguousarray(slab.array[z0 : z0 + crop[0]]), slab.spacing, slab.origin, slab.direction)
+        # simulate on the central slab only (the CT simulator costs seconds per slice), then crop in-plane
+        slab = centre_crop(volume.with_array(volume.array.astype(np.float32)), (crop[0], *volume.array.shape[1:]))
         degraded, reference = degrade(slab, rng)
-        degraded, reference = _centre_crop(degraded, crop), _centre_crop(reference, crop)
+        degraded, reference = centre_crop(degraded, crop), centre_crop(reference, crop)
         source = f"{path.name} centre {list(degraded.array.shape)}"
     ctx.cases[crop] = (degraded, reference, source)
     return ctx.cases[crop]
-
-
-def _centre_crop(volume: Volume, crop: tuple[int, int, int]) -> Volume:
-    starts = [max((s - c) // 2, 0) for s, c in zip(volume.array.shape, crop, strict=True)]
-    sl = tuple(slice(st, st + c) for st, c in zip(starts, crop, strict=True))
-    return Volume(np.ascontiguousarray(volume.array[sl]), volume.spacing, volume.origin, volume.direction)
 
 
 def enhance_case(ctx: Context, degraded: Volume, config: SamplerConfig) -> tuple[np.ndarray, float]:

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse
 from scipy import ndimage
 
-from .io import AXIS_TO_NUMPY, Volume, crop, resample_onto
+from .io import AXIS_TO_NUMPY, Volume, crop, sr_model_input
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
@@ -353,24 +353,26 @@ def thick_slices(volume: Volume, factor: int, axis: str, profile: str = "box", i
     return low
 
 
-def simulate_thick_slices(volume: Volume, spec: dict, rng: np.random.Generator) -> tuple[Volume, Volume]:
-    """(thick-slice volume, reference) for a ``thick_slices`` spec; the reference is the original cropped to
-    thin slices the thick ones cover.
+def slab_phase(spec: dict, rng: np.random.Generator) -> int:
+    """The thin slice where a ``thick_slices`` spec's first slab starts: 0, or with ``random_phase`` a random one
+    of the first ``factor`` (a scanner's slabs need not start where the volume does)."""
+    return int(rng.integers(spec["factor"])) if spec.get("random_phase", False) else 0
 
-    With ``random_phase`` the first thick slice starts at a random one of the first ``factor`` thin slices (a
-    scanner's slabs need not start where the volume does), so realisations average different runs of thin
-    slices; the reference is then the span that every phase covers, so all realisations share one grid.
-    """
+
+def thick_slice_pair(volume: Volume, spec: dict, phase: int) -> tuple[Volume, Volume]:
+    """(thick-slice volume with its first slab starting at thin slice ``phase``, the original cropped to the thin
+    slices the slabs cover, which is exactly ``fine_grid`` of the thick volume)."""
     factor, axis = spec["factor"], spec["axis"]
     numpy_axis = AXIS_TO_NUMPY[axis]
     n_thin = volume.array.shape[numpy_axis]
-    random_phase = spec.get("random_phase", False)
-    phase = int(rng.integers(factor)) if random_phase else 0
     thick = thick_slices(_slab(volume, numpy_axis, phase, n_thin - phase), factor, axis, spec.get("profile", "box"))
-    phases = range(factor) if random_phase else range(1)
-    start, stop = phases[-1], min(p + (n_thin - p) // factor * factor for p in phases)
-    reference = _slab(volume, numpy_axis, start, stop - start)
+    reference = _slab(volume, numpy_axis, phase, thick.array.shape[numpy_axis] * factor)
     return thick, reference.with_array(reference.array.astype(np.float32))
+
+
+def _common_span(n_thin: int, factor: int) -> tuple[int, int]:
+    """[start, stop) of the thin slices that the slabs of every phase cover."""
+    return factor - 1, min(p + (n_thin - p) // factor * factor for p in range(factor))
 
 
 def _slab(volume: Volume, numpy_axis: int, start: int, count: int) -> Volume:
@@ -529,10 +531,17 @@ def _draw_level(level, rng: np.random.Generator) -> float:
 
 
 def _super_resolution(spec: dict) -> Degrade:
+    axis = AXIS_TO_NUMPY[spec["axis"]]
+
     def degrade(volume: Volume, rng: np.random.Generator) -> tuple[Volume, Volume]:
-        thick, reference = simulate_thick_slices(volume, spec, rng)
-        # The reference grid is part of fine_grid(thick), so this is sr_model_input(thick) on that part, and it
-        # shares the reference's geometry bit for bit.
-        return resample_onto(thick, reference), reference
+        phase = slab_phase(spec, rng)
+        thick, reference = thick_slice_pair(volume, spec, phase)
+        model_input = reference.with_array(sr_model_input(thick, spec["factor"], spec["axis"]).array)
+        if not spec.get("random_phase", False):
+            return model_input, reference
+        # every phase is cut to the span all phases cover, so the realisations of a scan share one grid
+        start, stop = _common_span(volume.array.shape[axis], spec["factor"])
+        common = (start - phase, stop - start)
+        return _slab(model_input, axis, *common), _slab(reference, axis, *common)
 
     return degrade

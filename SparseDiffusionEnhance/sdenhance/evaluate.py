@@ -163,9 +163,9 @@ def _checked(case: Case) -> Case:
 def _sr_case(name: str, volume: Volume, spec: dict, rng: np.random.Generator) -> Case:
     import SimpleITK as sitk
 
-    from .degrade import simulate_thick_slices
+    from .degrade import slab_phase, thick_slice_pair
 
-    thick, reference = simulate_thick_slices(volume, spec, rng)
+    thick, reference = thick_slice_pair(volume, spec, slab_phase(spec, rng))
     return _checked(Case(name, reference, thick, resample_onto(thick, reference, sitk.sitkNearestNeighbor)))
 
 

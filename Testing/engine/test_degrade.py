@@ -13,7 +13,6 @@ from sdenhance.degrade import (
     make_degradation,
     mri_rician,
     pet_low_count,
-    simulate_thick_slices,
     thick_slices,
 )
 from sdenhance.io import Volume, fine_grid, read_volume, sr_model_input
@@ -251,36 +250,41 @@ def test_sr_model_input_is_on_the_fine_grid_and_recovers_smooth_content():
     np.testing.assert_allclose(upsampled.array[4:-4], smooth[4:-4], atol=0.01)
 
 
-@pytest.mark.parametrize(("factor", "span"), [(2, (1, 18)), (4, (3, 16))])
-def test_random_phase_starts_thick_slices_at_every_thin_slice_on_one_reference_grid(factor, span):
+@pytest.mark.parametrize("factor", [2, 4])
+def test_each_slab_phase_starts_the_thick_slices_at_its_thin_slice(factor):
     original = oblique_volume(shape=(19, 9, 13))
     spec = {"kind": "thick_slices", "factor": factor, "axis": "z", "random_phase": True}
     rng = np.random.default_rng(0)
-    draws = [simulate_thick_slices(original, spec, rng) for _ in range(30)]
-    first_thick_centres = {tuple(voxel_centres(thick)[0, 0, 0].round(9)) for thick, _ in draws}
-    thin = voxel_centres(original)[:, 0, 0]
-    assert first_thick_centres == {tuple(thin[p : p + factor].mean(axis=0).round(9)) for p in range(factor)}
-    # Every realisation is scored on the thin slices that all phases cover, so they share one grid.
-    start, stop = span
-    expected_origin = voxel_centres(original)[start, 0, 0]
-    for _, reference in draws:
-        np.testing.assert_array_equal(reference.array, original.array[start:stop])
-        np.testing.assert_allclose(reference.origin, expected_origin, atol=1e-9)
-        assert reference.origin == draws[0][1].origin
+    assert {degrade.slab_phase(spec, rng) for _ in range(40)} == set(range(factor))
+    thin = voxel_centres(original)
+    for phase in range(factor):
+        thick, reference = degrade.thick_slice_pair(original, spec, phase)
+        np.testing.assert_allclose(voxel_centres(thick)[0], thin[phase : phase + factor].mean(axis=0), atol=1e-9)
+        covered = thick.array.shape[0] * factor
+        np.testing.assert_array_equal(reference.array, original.array[phase : phase + covered])
+        grid = fine_grid(thick, factor, "z")  # where every method's output lands in the evaluator
+        assert grid.array.shape == reference.array.shape
+        np.testing.assert_allclose(grid.origin, reference.origin, atol=1e-9)
 
 
-def test_sr_model_input_is_the_fine_grid_upsampling_on_the_reference_span():
+@pytest.mark.parametrize(("factor", "span"), [(2, (1, 18)), (4, (3, 16))])
+def test_random_phase_realisations_share_the_span_every_phase_covers(factor, span):
     original = oblique_volume(shape=(19, 9, 13))
-    spec = {"kind": "thick_slices", "factor": 2, "axis": "z", "random_phase": True}
+    spec = {"kind": "thick_slices", "factor": factor, "axis": "z", "random_phase": True}
+    start, stop = span
     inputs = set()
-    for seed in range(6):
+    for seed in range(12):
         model_input, reference = make_degradation(spec)(original, np.random.default_rng(seed))
-        thick, _ = simulate_thick_slices(original, spec, np.random.default_rng(seed))
-        upsampled = sr_model_input(thick, 2, "z")
-        offset = int(np.argmin(np.linalg.norm(voxel_centres(upsampled)[:, 0, 0] - reference.origin, axis=1)))
-        np.testing.assert_allclose(model_input.array, upsampled.array[offset : offset + 17], atol=1e-5)
+        np.testing.assert_array_equal(reference.array, original.array[start:stop])
+        np.testing.assert_allclose(reference.origin, voxel_centres(original)[start, 0, 0], atol=1e-9)
+        assert model_input.origin == reference.origin
+        # the input is the fine-grid upsampling of that realisation's slabs, cut to the span
+        phase = degrade.slab_phase(spec, np.random.default_rng(seed))
+        thick, _ = degrade.thick_slice_pair(original, spec, phase)
+        upsampled = sr_model_input(thick, factor, "z").array[start - phase : stop - phase]
+        np.testing.assert_array_equal(model_input.array, upsampled)
         inputs.add(model_input.array.tobytes())
-    assert len(inputs) == 2  # the two phases average different pairs of thin slices
+    assert len(inputs) == factor  # each phase averages different runs of thin slices
 
 
 # ------------------------------------------------------------------ registry

@@ -23,7 +23,7 @@ OBLIQUE = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 @pytest.fixture(scope="module")
 def phantom_file(tmp_path_factory):
     """A small torso phantom (int16 HU) on disk."""
-    return write_volume(torso_phantom((12, 48, 48), (7.0, 7.0, 2.5)), tmp_path_factory.mktemp("data") / "torso.nii.gz")
+    return write_volume(torso_phantom((14, 48, 48), (7.0, 7.0, 2.5)), tmp_path_factory.mktemp("data") / "torso.nii.gz")
 
 
 @pytest.mark.parametrize("name", baselines_for("denoise"))
@@ -103,14 +103,18 @@ def test_evaluate_denoising_end_to_end(tmp_path, phantom_file, tiny_checkpoints)
     assert "oracle-tuned" in table and "ours (tiny-denoise-ct)" in table and "mean of 1 cases" in table
 
 
-def test_evaluate_super_resolution_end_to_end(tmp_path, phantom_file, tiny_checkpoints):
+@pytest.mark.parametrize(
+    ("degradation", "scored_slices"),
+    [("ct-sr2", 14), ("{kind: thick_slices, factor: 2, axis: z, random_phase: true}", 12)],  # seed 0: phase 1
+)
+def test_evaluate_super_resolution_end_to_end(tmp_path, phantom_file, tiny_checkpoints, degradation, scored_slices):
     code, report, out = _evaluate(
-        tmp_path, phantom_file, "--degradation", "ct-sr2", "--checkpoint", tiny_checkpoints["sr"]
+        tmp_path, phantom_file, "--degradation", degradation, "--checkpoint", tiny_checkpoints["sr"]
     )
     assert code == 0
     (case,) = report["cases"]
     assert list(case["methods"]) == ["degraded", "bspline", "lanczos", "ours"]
-    assert case["shape_zyx"] == [12, 48, 48] and _finite_scores(report)
+    assert case["shape_zyx"] == [scored_slices, 48, 48] and _finite_scores(report)
     assert (out / case["figure"]).is_file()
 
 
