@@ -3,10 +3,9 @@
 The projection-domain CT simulator costs seconds per volume, far more than a training step, so each
 training volume is degraded a few times (``realisations``: noise at levels drawn from the configured range, or
 thick slices at random slab phases) and the pairs are kept in memory and cached on disk as .npz (resuming or
-re-running does not decode NIfTI or
-re-simulate). Patches are then cut on the fly: foreground-biased random crops, random flips on every axis and
-in-plane quarter turns (a mirrored or rotated body is still a plausible body; through-plane and in-plane axes
-are never mixed, since slice thickness differs between them).
+re-running does not decode NIfTI or re-simulate). Patches are then cut on the fly: foreground-biased random
+crops, random flips on every axis and in-plane quarter turns (a mirrored or rotated body is still a plausible
+body; through-plane and in-plane axes are never mixed, since slice thickness differs between them).
 """
 
 from __future__ import annotations
