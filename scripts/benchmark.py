@@ -182,8 +182,8 @@ def degraded_case(ctx: Context, crop: tuple[int, int, int]) -> tuple[Volume, Vol
         path = Path(ctx.args.scan)
         volume = read_volume(path if path.is_absolute() else ctx.args.data_root / path)
         # simulate on the central slab only (the CT simulator costs seconds per slice), then crop in-plane
-        slab = centre_crop(volume.with_array(volume.array.astype(np.float32)), (crop[0], *volume.array.shape[1:]))
-        degraded, reference = degrade(slab, rng)
+        slab = centre_crop(volume, (crop[0], *volume.array.shape[1:]))
+        degraded, reference = degrade(slab.with_array(slab.array.astype(np.float32)), rng)
         degraded, reference = centre_crop(degraded, crop), centre_crop(reference, crop)
         source = f"{path.name} centre {list(degraded.array.shape)}"
     ctx.cases[crop] = (degraded, reference, source)
