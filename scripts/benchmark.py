@@ -500,7 +500,7 @@ def bench_sparse_dense(ctx: Context) -> dict:
         seed_psnrs.append(scores(reference, estimate, ctx.modality)[key])
     out["sparse_seeds"] = len(seed_psnrs)
     out["sparse_seed_range_db"] = round(max(seed_psnrs) - min(seed_psnrs), 4)
-    # where the dense chain's edge comes from: its last passes see a nearly noise-free input
+    # where the two chains differ: the dense one ends with passes that see a nearly noise-free input
     refined = pass_at_t1(ctx, degraded, sparse_config, estimates["sparse"])
     out["sparse_then_pass_at_t1"] = scores(reference, refined, ctx.modality)
     out["target"] = "speedup >= 90, sparse PSNR not lower than dense"
