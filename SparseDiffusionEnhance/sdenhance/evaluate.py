@@ -422,10 +422,11 @@ def markdown_table(report: dict) -> str:
                 lines.append(_row(entry["label"], entry, keys))
             else:
                 lines.append(f"| {entry['label']} |" + " |" * (len(keys) + 1) + f" {entry['note']} |")
-    lines.append(f"| **mean of {len(report['cases'])} cases** |" + " |" * (len(header) - 1))
-    for entry in report["mean"].values():
-        partial = "" if entry["cases"] == len(report["cases"]) else f" ({entry['cases']} cases)"
-        lines.append(_row(entry["label"] + partial, entry | {"settings": {}}, keys))
+    if len(report["cases"]) > 1:  # the mean of one case would repeat its rows
+        lines.append(f"| **mean of {len(report['cases'])} cases** |" + " |" * (len(header) - 1))
+        for entry in report["mean"].values():
+            partial = "" if entry["cases"] == len(report["cases"]) else f" ({entry['cases']} cases)"
+            lines.append(_row(entry["label"] + partial, entry | {"settings": {}}, keys))
     tuned = {e["label"]: e["note"] for c in report["cases"] for e in c["methods"].values() if e.get("sweep")}
     if tuned:
         notes.append(
