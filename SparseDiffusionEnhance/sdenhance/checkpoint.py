@@ -15,8 +15,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .errors import CheckpointError
 from .model import ModelConfig, SparseDiffusionUNet
-from .registry import CheckpointError, ModelCard, read_card
+from .registry import ModelCard, read_card
 from .schedule import NoiseSchedule, ScheduleConfig
 
 FORMAT_VERSION = 1

@@ -8,18 +8,21 @@ what the Slicer module's worker runner reads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 
 from . import __version__
 from .demo import add_demo_parser
+from .errors import EXIT_INTERNAL, InputError, Terminated, VolumeError, classify
 from .evaluate import add_evaluate_parser
-from .io import VolumeError, read_volume, validate_intensities, write_volume
-from .registry import MAX_SAMPLES, MODALITIES, SR_FACTORS, CheckpointError, default_for, list_shipped, resolve
-
-EXIT_INTERNAL, EXIT_INPUT, EXIT_CHECKPOINT, EXIT_MEMORY = 1, 2, 3, 4
+from .io import output_suffix, read_volume, validate_intensities, write_volume
+from .registry import MAX_SAMPLES, MODALITIES, SR_FACTORS, default_for, list_shipped, resolve
 
 
 class Reporter:
@@ -124,38 +127,25 @@ def add_enhance_parser(sub) -> None:
     p.set_defaults(func=run_enhance)
 
 
-def run_enhance(args) -> int:
-    reporter = Reporter(args.progress)
-    try:
-        return _enhance(args, reporter)
-    except VolumeError as exc:
-        reporter.error("input", str(exc))
-        return EXIT_INPUT
-    except FileExistsError as exc:
-        reporter.error("input", str(exc))
-        return EXIT_INPUT
-    except CheckpointError as exc:
-        reporter.error("checkpoint", str(exc))
-        return EXIT_CHECKPOINT
-    except (MemoryError, RuntimeError) as exc:
-        if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
-            reporter.error("memory", "out of memory: use --device cpu, a smaller --batch or a smaller --patch")
-            return EXIT_MEMORY
-        reporter.error("internal", f"{type(exc).__name__}: {exc}")
-        return EXIT_INTERNAL
-
-
-def _enhance(args, reporter: Reporter) -> int:
+def check_outputs(args) -> list[Path]:
+    """The output paths, refused before any work if they are unusable or would replace something."""
     outputs = [Path(args.output)] + ([Path(args.uncertainty)] if args.uncertainty else [])
     for output in outputs:
-        if output.exists() and not args.overwrite:
-            raise FileExistsError(f"{output} exists; choose another output or pass --overwrite")
         if output.resolve() == Path(args.input).resolve():
             raise VolumeError("the output would overwrite the input; choose another output path")
+        output_suffix(output)
+        if output.exists() and not args.overwrite:
+            raise FileExistsError(f"{output} exists; choose another output or pass --overwrite")
     if args.uncertainty and args.samples < 2:
         raise VolumeError(f"--uncertainty needs the spread of several samples: add --samples 4 (or 2-{MAX_SAMPLES})")
     if len(set(o.resolve() for o in outputs)) < len(outputs):
         raise VolumeError("--output and --uncertainty name the same file; give them different names")
+    return outputs
+
+
+def run_enhance(args) -> int:
+    reporter = args.reporter
+    outputs = check_outputs(args)
     volume = read_volume(args.input)
     validate_intensities(volume.array)
     card = resolve(args.checkpoint) if args.checkpoint else default_for(args.task, args.modality, args.factor)
@@ -263,8 +253,7 @@ def run_train(args) -> int:
     try:
         config = TrainConfig.load(args.config)
     except (OSError, ValueError, TypeError) as exc:
-        print(f"error: cannot use config {args.config}: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        raise InputError(f"cannot use config {args.config}: {exc}") from exc
     output = Path(args.output or Path("runs") / config.name)
     summary = train(
         config,
@@ -292,8 +281,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every command's errors end the same way: a message and ``errors.classify``'s exit code."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    args.reporter = Reporter(getattr(args, "progress", "none"))
+    try:
+        with _sigterm_raises():
+            return args.func(args)
+    except Exception as exc:
+        code, kind, message = classify(exc)
+        if code == EXIT_INTERNAL:  # a bug: its traceback is what a report needs
+            traceback.print_exception(exc, file=sys.stderr)
+        args.reporter.error(kind, message)
+        return code
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises ``Terminated``, so partial outputs are removed on the way out (default: die on the spot)."""
+
+    def terminate(signum, frame):
+        raise Terminated("terminated (SIGTERM) before the run finished; nothing was written")
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

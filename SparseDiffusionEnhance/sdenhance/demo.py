@@ -8,13 +8,11 @@ scored. Written: NIfTI volumes, the comparison figure and results.json / results
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from .io import VolumeError
-from .registry import CheckpointError
+from .errors import CheckpointError
 
 DEGRADATION = "ct25"
 #: NLM is left out: on its own it would take longer than everything else together.
@@ -81,21 +79,16 @@ def _write_volumes(case, results: dict, folder: Path) -> list[Path]:
 
 
 def run_demo(args) -> int:
-    from .cli import EXIT_CHECKPOINT, EXIT_INPUT
     from .evaluate import markdown_table, set_threads
 
     set_threads(args.threads)
+    shape, spacing = (FAST_SHAPE, FAST_SPACING) if args.fast else (SHAPE, SPACING)
     try:
-        shape, spacing = (FAST_SHAPE, FAST_SPACING) if args.fast else (SHAPE, SPACING)
         report = demo(Path(args.out), args.checkpoint, shape, spacing, args.device)
     except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if not args.checkpoint:
-            print(NO_MODEL_HELP, file=sys.stderr)
-        return EXIT_CHECKPOINT
-    except VolumeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        if args.checkpoint:
+            raise
+        raise CheckpointError(f"{exc}\n{NO_MODEL_HELP}") from exc
     print(markdown_table(report))
     print("wrote:\n  " + "\n  ".join(report["files"]))
     return 0

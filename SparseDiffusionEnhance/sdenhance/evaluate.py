@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,8 +22,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .io import Volume, VolumeError, centre_crop, read_volume, resample_onto
-from .registry import MODALITIES, CheckpointError, ModelCard, default_for, resolve
+from .errors import EngineError, InputError, VolumeError
+from .io import Volume, centre_crop, read_volume, resample_onto
+from .registry import MODALITIES, ModelCard, default_for, resolve
 
 if TYPE_CHECKING:
     from .pipeline import EnhanceOptions
@@ -569,18 +569,14 @@ def set_threads(threads: int | None) -> None:
 
 
 def run_evaluate(args) -> int:
-    from .cli import EXIT_CHECKPOINT, EXIT_INPUT
-
     set_threads(args.threads)
     try:
         sources, setup = setup_from_args(args)
         report = evaluate_files(sources, setup, Path(args.output))
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CHECKPOINT
-    except (VolumeError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+    except EngineError:
+        raise
+    except ValueError as exc:  # the degradation, methods or config given: advice for the user, not a bug
+        raise InputError(str(exc)) from exc
     print(markdown_table(report))
     folder = Path(args.output)
     print(f"wrote {folder / 'results.json'}, {folder / 'results.md'} and {len(report['cases'])} figure(s) in {folder}")

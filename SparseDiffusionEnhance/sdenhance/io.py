@@ -6,7 +6,10 @@ ITK order ``(x, y, z)`` and ``direction`` is the row-major 3x3 matrix, exactly a
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,14 +17,16 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import VolumeError
+
 #: Axis names accepted on the command line, mapped to the numpy axis of a ``(z, y, x)`` array.
 AXIS_TO_NUMPY = {"x": 2, "y": 1, "z": 0}
 #: Largest volume we accept (voxels): a 2048^3 float32 volume is 32 GiB, beyond any sane workstation.
 MAX_VOXELS = 1024**3
-
-
-class VolumeError(ValueError):
-    """An input volume that cannot be enhanced; the message says what to do about it."""
+#: Voxel sizes (mm) a scan can have: outside them the header is wrong, whatever the scanner.
+PHYSICAL_SPACING_MM = (1e-3, 1000.0)
+#: Output file types: single files, so that writing under a temporary name and renaming is atomic.
+OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ def to_sitk(volume: Volume) -> sitk.Image:
 
 def from_sitk(image: sitk.Image) -> Volume:
     _check_scalar_3d(image)
+    _check_spacing(image.GetSpacing())
     return Volume(
         array=sitk.GetArrayFromImage(image),
         spacing=tuple(image.GetSpacing()),
@@ -81,22 +87,69 @@ def _check_scalar_3d(image: sitk.Image) -> None:
         raise VolumeError(f"the image has size {size}: a single slice is 2D data; load the whole series as a 3D volume")
 
 
+def _check_spacing(spacing: Sequence[float]) -> None:
+    low, high = PHYSICAL_SPACING_MM
+    if not all(low <= s <= high for s in spacing):  # NaN fails too
+        raise VolumeError(
+            f"voxel spacing {tuple(float(s) for s in spacing)} mm is not physical (each side must be "
+            f"{low:g}-{high:g} mm); correct the spacing in the file's header"
+        )
+
+
+def _check_voxel_count(voxels: int) -> None:
+    if voxels > MAX_VOXELS:
+        raise VolumeError(f"the volume has {voxels:,} voxels, more than the {MAX_VOXELS:,} supported; crop it first")
+
+
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read NIfTI, NRRD, MHA/MHD or a DICOM series folder; raises VolumeError with advice on failure."""
     path = Path(path)
     if not path.exists():
         raise VolumeError(f"input not found: {path}")
     try:
-        if path.is_dir():
-            image = _read_dicom_series(path)
-        else:
-            image = sitk.ReadImage(str(path))
+        image = _read_dicom_series(path) if path.is_dir() else _read_file(path)
     except RuntimeError as exc:
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
         raise VolumeError(
             f"cannot read {path}: {first_line}. Supported: NIfTI (.nii/.nii.gz), NRRD, MHA/MHD, DICOM folder"
         ) from exc
     return from_sitk(image)
+
+
+def _read_file(path: Path) -> sitk.Image:
+    """Header first: a file that promises more voxels than we accept, or than it holds, is refused before any
+    voxel buffer is allocated."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    _check_voxel_count(math.prod(reader.GetSize()) * reader.GetNumberOfComponents())
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(path, reader)
+    return reader.Execute()
+
+
+def _check_nifti_complete(path: Path, reader: sitk.ImageFileReader) -> None:
+    """ITK fills the voxels missing from a cut-off NIfTI file with zeros: refuse such a file instead."""
+    dims = int(reader.GetMetaData("dim[0]"))
+    voxels = math.prod(int(reader.GetMetaData(f"dim[{i}]")) for i in range(1, dims + 1))
+    needed = int(float(reader.GetMetaData("vox_offset"))) + voxels * int(reader.GetMetaData("bitpix")) // 8
+    if not _holds_bytes(path, needed):
+        raise VolumeError(
+            f"{path} is truncated: its header promises {needed:,} bytes of data and the file holds fewer; "
+            "copy or download it again"
+        )
+
+
+def _holds_bytes(path: Path, count: int) -> bool:
+    """Whether the file (decompressed, for .gz) is at least ``count`` bytes long."""
+    if not path.name.lower().endswith(".gz"):
+        return path.stat().st_size >= count
+    with gzip.open(path) as stream:
+        try:
+            stream.seek(count - 1)  # decompresses without keeping what it skips
+            return len(stream.read(1)) == 1
+        except (EOFError, OSError, zlib.error):  # the compressed stream itself is cut off or damaged
+            return False
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -110,25 +163,34 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
+def output_suffix(path: str | os.PathLike) -> str:
+    """The file type of an output path (lower case); refuses types that cannot be written atomically."""
+    name = Path(path).name.lower()
+    for suffix in OUTPUT_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    raise VolumeError(f"cannot write {path}: the output must end in {', '.join(OUTPUT_SUFFIXES)}")
+
+
 def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write atomically (temp file then rename) so a failed write never leaves a half-written output."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another output or pass --overwrite")
+    suffix = output_suffix(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     tmp = path.with_name(f".{path.name}.partial{suffix}")
-    sitk.WriteImage(to_sitk(volume), str(tmp), useCompression=suffix in (".nii.gz", ".mha"))
-    os.replace(tmp, path)
+    try:
+        sitk.WriteImage(to_sitk(volume), str(tmp), useCompression=suffix in (".nii.gz", ".mha"))
+        os.replace(tmp, path)
+    finally:  # after a failure or a SIGTERM, no half-written file is left behind
+        tmp.unlink(missing_ok=True)
     return path
 
 
 def validate_intensities(array: np.ndarray) -> None:
     """Reject volumes that no model can enhance, with a message that says what to do."""
-    if array.size > MAX_VOXELS:
-        raise VolumeError(
-            f"the volume has {array.size:,} voxels, more than the {MAX_VOXELS:,} supported; crop it first"
-        )
+    _check_voxel_count(array.size)
     if not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise VolumeError(f"the volume contains {bad} NaN/Inf voxels; fix or mask them before enhancing")

@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model, schedule_of
-from .io import AXIS_TO_NUMPY, Volume, VolumeError, sr_model_input, validate_intensities
+from .errors import CheckpointError, VolumeError
+from .io import AXIS_TO_NUMPY, Volume, sr_model_input, validate_intensities
 from .normalize import Normalizer, output_dtype
-from .registry import MAX_SAMPLES, CheckpointError, ModelCard, check_fits
+from .registry import MAX_SAMPLES, ModelCard, check_fits
 from .sampler import ProgressFn, SamplerConfig, evaluations, sample
 
 
@@ -65,7 +66,7 @@ def sampler_config(card: ModelCard, options: EnhanceOptions, device: torch.devic
     if not 0 <= options.overlap < 1:
         raise VolumeError(f"overlap {options.overlap} must be in [0, 1)")
     return SamplerConfig(
-        steps=options.steps or card.meta["schedule"]["steps"],
+        steps=_checked_counts(card, options),
         heun=options.heun,
         patch_size=patch,
         overlap=options.overlap,
@@ -74,6 +75,26 @@ def sampler_config(card: ModelCard, options: EnhanceOptions, device: torch.devic
         precision=pick_precision(options.precision, device),
         background=card.meta.get("background") if options.skip_background else None,
     )
+
+
+#: Seeds torch's generator takes (64-bit), less one per extra sample (sample i uses seed + i).
+MAX_SEED = 2**63 - 1 - MAX_SAMPLES
+
+
+def _checked_counts(card: ModelCard, options: EnhanceOptions) -> int:
+    """The sparse steps K to sample with; refuses steps, batch and seed values that no run can use."""
+    schedule = card.meta["schedule"]
+    steps = schedule["steps"] if options.steps is None else options.steps
+    if not 1 <= steps < schedule["timesteps"]:
+        raise VolumeError(
+            f"--steps {steps} must be between 1 and {schedule['timesteps'] - 1} "
+            f"(the model was trained for {schedule['steps']})"
+        )
+    if options.sw_batch_size is not None and options.sw_batch_size < 1:
+        raise VolumeError(f"--batch {options.sw_batch_size} must be at least 1")
+    if not 0 <= options.seed <= MAX_SEED:
+        raise VolumeError(f"--seed {options.seed} must be between 0 and {MAX_SEED}")
+    return steps
 
 
 def check_compatible(card: ModelCard, options: EnhanceOptions) -> tuple[str, int | None, str | None]:

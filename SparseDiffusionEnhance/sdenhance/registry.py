@@ -12,16 +12,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import CheckpointError
+
 SHIPPED_DIR = Path(__file__).with_name("models")
 TASKS = ("denoise", "sr")
 MODALITIES = ("ct", "mri", "pet")
 SR_FACTORS = (2, 4)
 #: The most samples one run averages: one per flip of the three axes (``pipeline.FLIPS``).
 MAX_SAMPLES = 8
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, corrupt or unsuitable; the message says what to do."""
 
 
 @dataclass(frozen=True)
