@@ -22,7 +22,15 @@ from .demo import add_demo_parser
 from .errors import EXIT_INTERNAL, InputError, Terminated, VolumeError, classify
 from .evaluate import add_evaluate_parser
 from .io import output_suffix, read_volume, validate_intensities, write_volume
-from .registry import MAX_SAMPLES, MODALITIES, SR_FACTORS, default_for, list_shipped, resolve
+from .registry import (
+    MAX_SAMPLES,
+    MODALITIES,
+    SR_FACTORS,
+    default_for,
+    list_shipped,
+    resolve,
+    spacing_outside_range,
+)
 
 
 class Reporter:
@@ -77,6 +85,10 @@ class Reporter:
             self.bar.close()
         self.emit("error", kind=kind, message=message)
         print(f"error: {message}", file=sys.stderr)
+
+    def warning(self, message: str) -> None:
+        self.emit("warning", message=message)
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def _patch(text: str) -> tuple[int, int, int]:
@@ -171,6 +183,8 @@ def run_enhance(args) -> int:
         skip_background=not args.no_skip_background,
     )
     plan = plan_enhancement(volume, card, options)
+    if warning := spacing_outside_range(card, model_spacing(volume, plan, card)):
+        reporter.warning(warning)
     reporter.start(
         device=str(plan.device),
         input_shape=list(volume.array.shape),
@@ -196,6 +210,17 @@ def run_enhance(args) -> int:
         engine_version=__version__,
     )
     return 0
+
+
+def model_spacing(volume, plan, card) -> dict[str, float]:
+    """Voxel size (mm) per axis as the model sees it: for SR the finer grid's, with the up-sampled axis moved to
+    the one the model was trained on."""
+    spacing = dict(zip("xyz", volume.spacing, strict=True))
+    if plan.factor:
+        spacing[plan.axis] /= plan.factor
+        trained = card.meta["sr_axis"]
+        spacing[plan.axis], spacing[trained] = spacing[trained], spacing[plan.axis]
+    return spacing
 
 
 #: Every CT field of view holds air or fat; MRI and PET intensities are never this low.

@@ -135,7 +135,7 @@ def _check_nifti_complete(path: Path, reader: sitk.ImageFileReader) -> None:
     needed = int(float(reader.GetMetaData("vox_offset"))) + voxels * int(reader.GetMetaData("bitpix")) // 8
     if not _holds_bytes(path, needed):
         raise VolumeError(
-            f"{path} is truncated: its header promises {needed:,} bytes of data and the file holds fewer; "
+            f"{path} is truncated: its header promises {needed:,} bytes and the file holds fewer; "
             "copy or download it again"
         )
 
@@ -195,7 +195,7 @@ def validate_intensities(array: np.ndarray) -> None:
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise VolumeError(f"the volume contains {bad} NaN/Inf voxels; fix or mask them before enhancing")
     if float(array.max()) == float(array.min()):
-        raise VolumeError(f"the volume is empty (every voxel is {float(array.min())}); nothing to enhance")
+        raise VolumeError(f"the volume is empty or constant (every voxel is {float(array.min())}); nothing to enhance")
 
 
 def fine_grid(volume: Volume, factor: int, axis: str) -> Volume:

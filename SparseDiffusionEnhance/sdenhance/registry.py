@@ -71,6 +71,25 @@ def read_card(weights_path: str | Path) -> ModelCard:
     return ModelCard(name=meta.get("name", weights_path.stem), path=weights_path, meta=meta)
 
 
+def spacing_outside_range(card: ModelCard, spacing: dict[str, float]) -> str | None:
+    """A warning when the voxel size the model sees (mm per axis x, y, z) is outside the range its card records
+    for the training scans (``card.spacing_range_mm``); None inside it or when the card records no range."""
+    trained = card.meta.get("card", {}).get("spacing_range_mm")
+    if not isinstance(trained, dict):
+        return None
+    outside = [
+        f"{axis} {spacing[axis]:g} mm (trained {low:g}-{high:g})"
+        for axis, (low, high) in sorted(trained.items())
+        if axis in spacing and not low <= spacing[axis] <= high
+    ]
+    if not outside:
+        return None
+    return (
+        f"voxel spacing outside the range '{card.name}' was trained on: {', '.join(outside)}; "
+        "the result may be poor, check it against the input with care"
+    )
+
+
 def list_shipped(task: str | None = None, modality: str | None = None, factor: int | None = None) -> list[ModelCard]:
     """Shipped checkpoints, optionally filtered by task, modality and SR factor, sorted by name."""
     cards = [read_card(p) for p in sorted(SHIPPED_DIR.glob("*.safetensors"))]

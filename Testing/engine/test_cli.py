@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from sdenhance.cli import main
 from sdenhance.io import fine_grid, read_volume, write_volume
 
@@ -39,6 +38,7 @@ def test_denoise_keeps_geometry_and_reports_jsonl(tmp_path, ct_file, tiny_checkp
     np.testing.assert_allclose(result.spacing, source.spacing, atol=1e-6)
     np.testing.assert_allclose(result.direction, source.direction, atol=1e-6)
     assert not np.array_equal(result.array, source.array)  # the model really ran
+    assert "warning" not in [e["event"] for e in events]  # its card records no spacing range to warn about
     assert _digest(ct_file) == before  # the input is never touched
 
 
@@ -58,59 +58,6 @@ def test_existing_output_needs_overwrite(tmp_path, ct_file, tiny_checkpoints):
     assert out.read_bytes() == b"precious"
     assert _enhance(ct_file, out, tiny_checkpoints["denoise"], "--overwrite", progress="none") == 0
     assert read_volume(out).array.shape == (10, 24, 20)
-
-
-def _write(tmp_path, image, name="bad.nrrd"):
-    sitk.WriteImage(image, str(tmp_path / name))
-    return tmp_path / name
-
-
-@pytest.mark.parametrize(
-    "make_input, code, message",
-    [
-        (lambda p: _write(p, sitk.Image([16, 16], sitk.sitkInt16)), 2, "2D"),
-        (lambda p: _write(p, sitk.Image([16, 16, 16, 2], sitk.sitkInt16)), 2, "4D"),
-        (lambda p: _write(p, sitk.Image([16, 16, 16], sitk.sitkInt16)), 2, "empty"),
-        (lambda p: p / "missing.nii.gz", 2, "not found"),
-    ],
-)
-def test_bad_inputs_exit_2_with_advice(tmp_path, tiny_checkpoints, capsys, make_input, code, message):
-    path = make_input(tmp_path)
-    assert _enhance(path, tmp_path / "o.nrrd", tiny_checkpoints["denoise"]) == code
-    error = _events(capsys)[-1]
-    assert error["event"] == "error" and error["kind"] == "input" and message in error["message"]
-    assert not (tmp_path / "o.nrrd").exists()
-
-
-def test_nan_volume_is_refused(tmp_path, tiny_checkpoints, capsys):
-    array = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
-    array[2, 2, 2] = np.inf
-    path = tmp_path / "nan.nrrd"
-    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
-    assert _enhance(path, tmp_path / "o.nrrd", tiny_checkpoints["denoise"], progress="bar") == 2
-    assert "NaN/Inf" in capsys.readouterr().err
-
-
-def test_checkpoint_problems_exit_3(tmp_path, ct_file, tiny_checkpoints, capsys):
-    def run(checkpoint, *extra):
-        return _enhance(ct_file, tmp_path / "o.nrrd", checkpoint, *extra)
-
-    assert run(tmp_path / "missing.safetensors") == 3
-    assert run(tiny_checkpoints["sr"]) == 3  # an SR model asked to denoise
-    assert "is a sr model, not denoise" in _events(capsys)[-1]["message"]
-    assert run(tiny_checkpoints["denoise"], "--modality", "mri") == 3
-    pickle = tmp_path / "model.pt"
-    pickle.write_bytes(b"\x80\x04K\x01.")
-    assert run(pickle) == 3
-    assert "pickled" in _events(capsys)[-1]["message"]
-    corrupt = tmp_path / "corrupt.safetensors"
-    corrupt.write_bytes(b"garbage" * 10)
-    corrupt.with_suffix(".json").write_text(
-        tiny_checkpoints["denoise"].with_suffix(".json").read_text(encoding="utf-8")
-    )
-    assert run(corrupt) == 3
-    assert "corrupt" in _events(capsys)[-1]["message"]
-    assert not (tmp_path / "o.nrrd").exists()
 
 
 def test_module_entry_point_runs_as_a_process(tmp_path, ct_file, tiny_checkpoints):
@@ -158,3 +105,33 @@ def test_write_then_enhance_small_volume_smaller_than_patch(tmp_path, tiny_check
     assert _enhance(path, tmp_path / "o.nrrd", tiny_checkpoints["denoise"], progress="none") == 0
     result = read_volume(tmp_path / "o.nrrd")
     assert result.array.shape == (4, 5, 6) and result.array.dtype == np.float32
+
+
+def _with_spacing_range(checkpoint, tmp_path, spacing_range):
+    """A copy of ``checkpoint`` whose card records the given training spacing range."""
+    copy = tmp_path / f"ranged-{checkpoint.name}"
+    copy.write_bytes(checkpoint.read_bytes())
+    meta = json.loads(checkpoint.with_suffix(".json").read_text(encoding="utf-8"))
+    meta["card"]["spacing_range_mm"] = spacing_range
+    copy.with_suffix(".json").write_text(json.dumps(meta), encoding="utf-8")
+    return copy
+
+
+@pytest.mark.parametrize(
+    "task, z_range, warned",
+    [
+        ("denoise", [1.0, 2.0], "z 2.5 mm (trained 1-2)"),  # the input's 2.5 mm slices
+        ("denoise", [2.0, 3.0], None),
+        ("sr", [1.0, 2.0], None),  # the model sees the finer grid: 1.25 mm
+        ("sr", [2.0, 3.0], "z 1.25 mm (trained 2-3)"),
+    ],
+)
+def test_spacing_outside_the_cards_training_range_is_warned_about(
+    tmp_path, ct_file, tiny_checkpoints, capsys, task, z_range, warned
+):
+    ranges = {"x": [0.5, 1.0], "y": [0.5, 1.0], "z": z_range}
+    checkpoint = _with_spacing_range(tiny_checkpoints[task], tmp_path, ranges)
+    assert _enhance(ct_file, tmp_path / "out.nrrd", checkpoint, "--task", task, "--steps", "1") == 0
+    warnings = [e["message"] for e in _events(capsys) if e["event"] == "warning"]
+    assert len(warnings) == (1 if warned else 0)
+    assert not warned or f"was trained on: {warned}; the result may be poor" in warnings[0]
