@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError
+from .errors import CheckpointError, require
 
 DEGRADATION = "ct25"
 #: NLM is left out: on its own it would take longer than everything else together.
@@ -81,6 +81,7 @@ def _write_volumes(case, results: dict, folder: Path) -> list[Path]:
 def run_demo(args) -> int:
     from .evaluate import markdown_table, set_threads
 
+    require("eval")  # the figure and the baselines' noise estimate
     set_threads(args.threads)
     shape, spacing = (FAST_SHAPE, FAST_SPACING) if args.fast else (SHAPE, SPACING)
     try:

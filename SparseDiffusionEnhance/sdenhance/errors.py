@@ -5,6 +5,7 @@ Torch-free and numpy-free: the Slicer worker imports ``EXIT_KINDS`` from here to
 
 from __future__ import annotations
 
+import importlib
 import signal
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CHECKPOINT, EXIT_MEMORY = 0, 1, 2, 3, 4
@@ -14,6 +15,8 @@ EXIT_KINDS: dict[int, str] = {1: "internal", 2: "input", 3: "checkpoint", 4: "me
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 OUT_OF_MEMORY_ADVICE = "out of memory: use --device cpu, a smaller --batch or a smaller --patch"
+#: Optional packages by pip extra: the engine runs without them, these commands do not.
+EXTRAS = {"eval": ("matplotlib", "pywt"), "dicom": ("pydicom",)}
 #: OS errors about a path the user gave (missing, existing, not writable): input problems, not bugs.
 USER_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
@@ -44,6 +47,18 @@ class Terminated(EngineError):
     """The process received SIGTERM (raised by the command line's handler so that clean-up runs)."""
 
     exit_code = EXIT_TERMINATED
+
+
+def require(extra: str) -> None:
+    """Refuse, before any work, a command whose optional packages are not installed, naming the pip extra."""
+    missing = []
+    for module in EXTRAS[extra]:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise InputError(f"this needs {', '.join(missing)}, which is not installed: pip install 'sdenhance[{extra}]'")
 
 
 def classify(exc: BaseException) -> tuple[int, str, str]:

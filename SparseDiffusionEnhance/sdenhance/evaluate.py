@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import EngineError, InputError, VolumeError
+from .errors import EngineError, InputError, VolumeError, require
 from .io import Volume, centre_crop, read_volume, resample_onto
 from .registry import MODALITIES, ModelCard, default_for, resolve
 
@@ -569,6 +569,7 @@ def set_threads(threads: int | None) -> None:
 
 
 def run_evaluate(args) -> int:
+    require("eval")  # figures (matplotlib) and the NLM noise estimate (PyWavelets)
     set_threads(args.threads)
     try:
         sources, setup = setup_from_args(args)

@@ -89,3 +89,12 @@ def test_engine_modules_import_each_other_without_a_cycle():
 
     for name in graph:
         visit(name)
+
+
+@pytest.mark.parametrize("command", [["demo", "--fast"], ["evaluate", "scan.nii.gz", "--degradation", "ct25"]])
+def test_commands_that_need_the_eval_extra_say_how_to_install_it(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "pywt", None)  # as if PyWavelets were not installed
+    assert main(command) == EXIT_INPUT
+    assert "this needs pywt, which is not installed: pip install 'sdenhance[eval]'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
