@@ -131,7 +131,7 @@ def add_enhance_parser(sub) -> None:
         "--precision",
         choices=["auto", "fp32", "bf16", "fp16"],
         default="auto",
-        help="auto: bf16 on CPUs with AMX or AVX512-BF16 (2.6-4x faster, same PSNR), else fp32",
+        help="auto: bf16 on CPUs with AMX or AVX512-BF16 (faster, same quality; see README), else fp32",
     )
     p.add_argument("--no-skip-background", action="store_true", help="run the model on air patches too")
     p.add_argument("--progress", choices=["bar", "jsonl", "none"], default="bar")

@@ -42,10 +42,9 @@ def pick_device(name: str) -> torch.device:
 
 
 def pick_precision(name: str, device: torch.device) -> str:
-    """``auto`` is bf16 autocast on CPUs with native bf16 arithmetic, where scripts/benchmark.py measured it faster
-    than float32 at the same quality: ~4x with AMX (PSNR within 0.001 dB, at most 0.4 HU apart), 2.6x with
-    AVX512-BF16 on an AMD Zen 4 (PSNR -0.004 dB, at most 1 HU apart, RMS 0.08 HU: far below CT noise); float32
-    elsewhere (CPUs that would emulate bf16, CUDA) until measured there."""
+    """``auto`` is bf16 autocast on CPUs with native bf16 arithmetic (AMX, AVX512-BF16), where scripts/benchmark.py
+    measured it faster than float32 at the same quality (figures: README, Performance); float32 elsewhere (CPUs
+    that would emulate bf16, CUDA) until measured there."""
     if name != "auto":
         return name
     return "bf16" if device.type == "cpu" and has_native_bf16() else "fp32"
