@@ -263,6 +263,10 @@ def add_train_parser(sub) -> None:
     p.add_argument("--max-steps", type=int, help="stop at this optimiser step (default: the config's)")
     p.add_argument("--time-budget", type=float, help="stop after this many minutes (state is saved)")
     p.add_argument("--schedule", choices=["sparse", "dense"], default="sparse", help="timesteps drawn in training")
+    p.add_argument(
+        "--init-from",
+        help="start a new run from these weights (shipped name or .safetensors), e.g. to continue training",
+    )
     p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)
@@ -279,6 +283,8 @@ def run_train(args) -> int:
         config = TrainConfig.load(args.config)
     except (OSError, ValueError, TypeError) as exc:
         raise InputError(f"cannot use config {args.config}: {exc}") from exc
+    if args.init_from:
+        config.init_from = args.init_from
     output = Path(args.output or Path("runs") / config.name)
     summary = train(
         config,

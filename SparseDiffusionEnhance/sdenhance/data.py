@@ -6,6 +6,9 @@ thick slices at random slab phases) and the pairs are kept in memory and cached 
 re-running does not decode NIfTI or re-simulate). Patches are then cut on the fly: foreground-biased random
 crops, random flips on every axis and in-plane quarter turns (a mirrored or rotated body is still a plausible
 body; through-plane and in-plane axes are never mixed, since slice thickness differs between them).
+A degradation cheap enough to draw per patch (``patch_degradation``, e.g. image-domain noise textures) can
+replace the cached realisations for a share of the patches: every such patch gets a noise never seen before,
+which is what a wide, randomised degradation family needs.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import numpy as np
 import torch
 from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandRotate90d
 
-from .degrade import make_degradation
-from .io import read_volume
+from .degrade import Degrade, make_degradation
+from .io import Volume, read_volume
 from .normalize import Normalizer
 
 #: A voxel is foreground (a crop may centre on it) when its normalised reference value exceeds this:
@@ -99,11 +102,27 @@ def _write_cache(cache_dir: Path | None, key: str, pair: Pair) -> None:
 
 
 class PatchSampler:
-    """Endless random training patches from a list of pairs (seeded; its whole state can be saved)."""
+    """Endless random training patches from a list of pairs (seeded; its whole state can be saved).
 
-    def __init__(self, pairs: list[Pair], patch_size: tuple[int, int, int], modality: str, seed: int, fg_ratio=0.9):
+    With ``patch_degradation``, a share ``patch_share`` of the patches are cut from the reference and degraded
+    on the spot (normalised as the reference is) instead of being cut from a cached realisation.
+    """
+
+    def __init__(
+        self,
+        pairs: list[Pair],
+        patch_size: tuple[int, int, int],
+        modality: str,
+        seed: int,
+        fg_ratio=0.9,
+        patch_degradation: Degrade | None = None,
+        patch_share: float = 0.0,
+    ):
         self.pairs = pairs
         self.rng = np.random.default_rng(seed)
+        self.patch_degradation = patch_degradation
+        self.patch_share = patch_share if patch_degradation is not None else 0.0
+        self.reference_normalizers = [Normalizer.fit(pair.target, modality) for pair in pairs]
         # crops centre on the reference's foreground (90 %) so few patches are only air
         threshold = FOREGROUND[modality]
         self.indices = []
@@ -136,18 +155,29 @@ class PatchSampler:
         self.transform.set_random_state(seed=int(self.rng.integers(2**31)))
         for i in self.rng.integers(len(self.pairs), size=size):
             pair = self.pairs[i]
+            fresh = self.patch_share > 0 and self.rng.random() < self.patch_share
             r = int(self.rng.integers(len(pair.images)))
             fg, bg = self.indices[i]
-            sample = self.transform({"image": pair.images[r][None], "target": pair.target[None], "fg": fg, "bg": bg})[0]
-            normalizer = pair.normalizers[r]
-            images.append(torch.as_tensor(normalizer.forward(np.asarray(sample["image"]))))
-            targets.append(torch.as_tensor(normalizer.forward(np.asarray(sample["target"]))))
+            image = pair.target if fresh else pair.images[r]
+            sample = self.transform({"image": image[None], "target": pair.target[None], "fg": fg, "bg": bg})[0]
+            target = np.asarray(sample["target"])
+            if fresh:
+                image = self._degrade_patch(target[0], pair.spacing_zyx)[None]
+                normalizer = self.reference_normalizers[i]
+            else:
+                image, normalizer = np.asarray(sample["image"]), pair.normalizers[r]
+            images.append(torch.as_tensor(normalizer.forward(image)))
+            targets.append(torch.as_tensor(normalizer.forward(target)))
             spacings.append(pair.spacing_zyx)
         return {
             "image": torch.stack(images),
             "target": torch.stack(targets),
             "spacing": torch.tensor(spacings, dtype=torch.float32),
         }
+
+    def _degrade_patch(self, patch: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
+        degraded, _ = self.patch_degradation(Volume(patch, tuple(reversed(spacing_zyx))), self.rng)
+        return degraded.array
 
     def state(self) -> dict:
         """The patch stream's whole random state, as plain Python values (safe to store)."""

@@ -56,6 +56,7 @@ def low_dose_ct(
     incident_photons: float = INCIDENT_PHOTONS,
     electronic_noise: float = ELECTRONIC_NOISE,
     n_views: int | None = None,
+    reconstruction_filter: str = "hann",
 ) -> np.ndarray:
     """The CT ``hu`` (z, y, x) as if scanned at ``dose_fraction`` of its dose: the input plus inserted noise.
 
@@ -75,6 +76,7 @@ def low_dose_ct(
     peak memory ~0.8 GB.
     """
     _check_fraction("dose_fraction", dose_fraction)
+    window = _fbp_window(reconstruction_filter)
     hu = np.asarray(hu)
     pixel_mm = math.sqrt(spacing[0] * spacing[1])  # CT pixels are square; the mean guards rounding
     views = n_views or _alias_free_views(max(hu.shape[1:]))
@@ -89,7 +91,7 @@ def low_dose_ct(
             incident_photons * gather * np.exp(-line_integrals), dose_fraction, electronic_noise**2 * gather
         )
         noise_sinogram = np.sqrt(variance) * rng.standard_normal(variance.shape, dtype=np.float32)
-        noise_mu = _filtered_backprojection(noise_sinogram, hu.shape[1:]) / pixel_mm
+        noise_mu = _filtered_backprojection(noise_sinogram, hu.shape[1:], window) / pixel_mm
         noise_hu[chunk] = noise_mu * (1000.0 / MU_WATER_PER_MM)
     return hu.astype(np.float32) + noise_hu
 
@@ -190,8 +192,25 @@ def _extra_log_variance(full_counts: np.ndarray, dose: float, electronic_varianc
     return (low_variance - full_variance).astype(np.float32)
 
 
-def _ramp_filter(sinogram: np.ndarray) -> np.ndarray:
-    """Filter each projection (last axis) with the band-limited ramp of Kak & Slaney times a Hann window."""
+#: Apodisation windows of the ramp filter, as functions of u = frequency / Nyquist in [0, 1]: from the sharpest
+#: (plain ramp, "bone/lung" kernels) to the smoothest (Hann, "soft tissue").
+FBP_WINDOWS = {
+    "ramp": lambda u: np.ones_like(u),
+    "shepp-logan": lambda u: np.sinc(u / 2.0),
+    "cosine": lambda u: np.cos(np.pi * u / 2.0),
+    "hamming": lambda u: 0.54 + 0.46 * np.cos(np.pi * u),
+    "hann": lambda u: 0.5 * (1.0 + np.cos(np.pi * u)),
+}
+
+
+def _fbp_window(name: str):
+    if name not in FBP_WINDOWS:
+        raise ValueError(f"unknown reconstruction filter '{name}'; choose one of {', '.join(FBP_WINDOWS)}")
+    return FBP_WINDOWS[name]
+
+
+def _ramp_filter(sinogram: np.ndarray, window=FBP_WINDOWS["hann"]) -> np.ndarray:
+    """Filter each projection (last axis) with the band-limited ramp of Kak & Slaney times ``window``."""
     n_bins = sinogram.shape[-1]
     size = 2 ** math.ceil(math.log2(2 * n_bins))  # zero padding: no wrap-around between projection ends
     offsets = np.concatenate([np.arange(size // 2 + 1), np.arange(-(size // 2) + 1, 0)])
@@ -200,14 +219,14 @@ def _ramp_filter(sinogram: np.ndarray) -> np.ndarray:
     odd = offsets % 2 == 1
     kernel[odd] = -1.0 / (np.pi * offsets[odd]) ** 2
     frequency = np.fft.rfftfreq(size)
-    response = np.real(np.fft.rfft(kernel)) * 0.5 * (1.0 + np.cos(2.0 * np.pi * frequency))
+    response = np.real(np.fft.rfft(kernel)) * window(2.0 * frequency)
     spectrum = np.fft.rfft(sinogram, n=size, axis=-1) * response.astype(np.float32)
     return np.fft.irfft(spectrum, n=size, axis=-1)[..., :n_bins].astype(np.float32)
 
 
-def _filtered_backprojection(sinogram: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def _filtered_backprojection(sinogram: np.ndarray, shape: tuple[int, int], window=FBP_WINDOWS["hann"]) -> np.ndarray:
     """FBP of (z, views, bins) sinograms over 180 degrees onto (z, *shape) slices, in pixel units."""
-    filtered = _ramp_filter(sinogram)
+    filtered = _ramp_filter(sinogram, window)
     n_views = filtered.shape[1]
     return _backproject(filtered, _view_angles(n_views), shape) * (np.pi / n_views)
 
@@ -231,6 +250,73 @@ def _backproject(sinogram: np.ndarray, angles: np.ndarray, shape: tuple[int, int
         t = (x * np.cos(angle) + y * np.sin(angle) + centre) * DETECTOR_UPSAMPLING + 0.5
         result += lookup.take(t.ravel().astype(np.intp), axis=0)
     return result.T.reshape(z, *shape)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CT noise textures drawn in the image domain: cheap enough to draw afresh for every training patch
+# ---------------------------------------------------------------------------------------------------------
+
+#: Noise textures: white, Gaussian-blurred, and FBP-like (noise power ~ |f| window(f / cutoff)^2 in-plane, the
+#: shape filtered back-projection gives stationary noise) for each reconstruction window.
+CT_TEXTURES = ("white", "gaussian", *FBP_WINDOWS)
+#: Ranges each texture's parameters are drawn from (uniformly): FBP cut-off as a fraction of the in-plane
+#: Nyquist frequency (covers 0.4-1 mm pixels under one kernel, or one pixel size under smooth to sharp kernels),
+#: high-frequency boost of edge-enhancing "bone/lung" kernels, blur of the Gaussian texture in pixels.
+FBP_CUTOFF = (0.35, 1.0)
+FBP_BOOST = (0.0, 1.5)
+GAUSSIAN_BLUR_PX = (0.4, 2.0)
+#: Through-plane correlation (slices thicker than their spacing): Gaussian sigma in slices, drawn for half the
+#: volumes.
+Z_CORRELATION = (0.3, 1.2)
+#: Spatial variation of the noise std (it follows the attenuation along the rays): a smooth log-normal field
+#: whose log-std is drawn from this range.
+NOISE_VARIATION = (0.0, 0.5)
+
+
+def ct_texture_noise(shape: tuple[int, int, int], rng: np.random.Generator, texture: str) -> np.ndarray:
+    """Zero-mean noise of unit std on a (z, y, x) grid with a random instance of ``texture`` (see ``CT_TEXTURES``):
+    its in-plane spectrum, a through-plane correlation for half the draws and a smoothly varying amplitude."""
+    if texture not in CT_TEXTURES:
+        raise ValueError(f"unknown CT noise texture '{texture}'; choose one of {', '.join(CT_TEXTURES)}")
+    white = rng.standard_normal(shape, dtype=np.float32)
+    gain = _in_plane_gain(shape[1:], texture, rng)
+    noise = np.fft.irfft2(np.fft.rfft2(white) * gain, s=shape[1:]).astype(np.float32)
+    if rng.random() < 0.5 and shape[0] > 1:
+        noise = ndimage.gaussian_filter1d(noise, rng.uniform(*Z_CORRELATION), axis=0, mode="wrap")
+    noise *= _smooth_amplitude(shape, rng.uniform(*NOISE_VARIATION), rng)
+    return noise / max(float(noise.std()), 1e-12)
+
+
+def _in_plane_gain(shape: tuple[int, int], texture: str, rng: np.random.Generator) -> np.ndarray:
+    """Amplitude response (rfft2 layout) that shapes white noise into ``texture``."""
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    f = np.hypot(fy, fx).astype(np.float32)  # cycles per pixel, Nyquist 0.5
+    if texture == "white":
+        return np.ones_like(f)
+    if texture == "gaussian":
+        sigma = rng.uniform(*GAUSSIAN_BLUR_PX)
+        return np.exp(-2.0 * (np.pi * sigma * f) ** 2)
+    u = f / (0.5 * rng.uniform(*FBP_CUTOFF))
+    boost = 1.0 + rng.uniform(*FBP_BOOST) * u**2
+    return np.where(u <= 1.0, np.sqrt(f) * FBP_WINDOWS[texture](np.minimum(u, 1.0)) * boost, 0.0)
+
+
+def _smooth_amplitude(shape: tuple[int, int, int], log_std: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth positive field exp(g), g a Gaussian field of std ``log_std`` varying over ~a third of each side."""
+    if log_std == 0.0:
+        return np.ones(shape, dtype=np.float32)
+    coarse = rng.standard_normal((4, 4, 4)) * log_std
+    zoom = [n / 4 for n in shape]
+    # trilinear: a cubic spline is ten times slower and the exponential hides the difference
+    return np.exp(ndimage.zoom(coarse, zoom, order=1, mode="nearest", grid_mode=True)).astype(np.float32)
+
+
+def ct_image_noise(hu: np.ndarray, noise_hu: float, rng: np.random.Generator, textures=CT_TEXTURES) -> np.ndarray:
+    """The CT ``hu`` plus noise of std ``noise_hu`` HU with a texture drawn from ``textures``."""
+    texture = str(rng.choice(list(textures)))
+    hu = np.asarray(hu, dtype=np.float32)
+    return hu + np.float32(noise_hu) * ct_texture_noise(hu.shape, rng, texture)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -431,8 +517,13 @@ def _slice_weights(n_thin: int, factor: int, profile: str) -> np.ndarray:
 Degrade = Callable[[Volume, np.random.Generator], tuple[Volume, Volume]]
 
 
-def _ct_low_dose(volume: Volume, dose: float, rng: np.random.Generator, **options) -> np.ndarray:
-    return low_dose_ct(volume.array, dose, rng, spacing=volume.spacing, **options)
+def _ct_low_dose(volume: Volume, dose: float, rng: np.random.Generator, reconstruction_filter="hann", **options):
+    window = _draw_choice(reconstruction_filter, rng)
+    return low_dose_ct(volume.array, dose, rng, spacing=volume.spacing, reconstruction_filter=window, **options)
+
+
+def _ct_image_noise(volume: Volume, noise_hu: float, rng: np.random.Generator, textures=CT_TEXTURES) -> np.ndarray:
+    return ct_image_noise(volume.array, noise_hu, rng, textures)
 
 
 def _pet_low_count(volume: Volume, fraction: float, rng: np.random.Generator, **options) -> np.ndarray:
@@ -445,7 +536,8 @@ def _mri_rician(volume: Volume, snr: float, rng: np.random.Generator) -> np.ndar
 
 #: Denoising kinds: (the level's key, its upper bound or None, optional keys, simulator).
 DENOISING = {
-    "ct_low_dose": ("dose", 1.0, ("incident_photons", "electronic_noise"), _ct_low_dose),
+    "ct_low_dose": ("dose", 1.0, ("incident_photons", "electronic_noise", "reconstruction_filter"), _ct_low_dose),
+    "ct_image_noise": ("noise_hu", None, ("textures",), _ct_image_noise),
     "pet_low_count": ("fraction", 1.0, ("reference_counts", "fwhm_mm"), _pet_low_count),
     "mri_rician": ("snr", None, (), _mri_rician),
 }
@@ -496,6 +588,9 @@ def _check_spec(spec: dict) -> None:
     else:
         level_key, upper, _, _ = DENOISING[kind]
         _check_level(level_key, spec[level_key], upper)
+        for key, valid in CHOICES.items():
+            if key in spec:
+                _check_choice(key, spec[key], valid)
 
 
 def _check_level(name: str, level, upper: float | None) -> None:
@@ -511,6 +606,16 @@ def _check_level(name: str, level, upper: float | None) -> None:
         raise ValueError(f"'{name}' must be a number or a [low, high] range, {allowed}, low <= high; got {level!r}")
 
 
+#: Spec keys that name one option, or a list drawn from per realisation, and the options they accept.
+CHOICES = {"reconstruction_filter": tuple(FBP_WINDOWS), "textures": CT_TEXTURES}
+
+
+def _check_choice(name: str, value, valid: tuple[str, ...]) -> None:
+    names = value if isinstance(value, list | tuple) else [value]
+    if not names or any(n not in valid for n in names):
+        raise ValueError(f"'{name}' must name one or a list of {', '.join(valid)}; got {value!r}")
+
+
 def _check_sr_spec(spec: dict) -> None:
     factor = spec["factor"]
     if not isinstance(factor, int) or isinstance(factor, bool) or factor < 2:
@@ -520,6 +625,11 @@ def _check_sr_spec(spec: dict) -> None:
         raise ValueError(f"'profile' must be one of {', '.join(SLICE_PROFILES)}; got {spec['profile']!r}")
     if not isinstance(spec.get("random_phase", False), bool):
         raise ValueError(f"'random_phase' must be true or false; got {spec['random_phase']!r}")
+
+
+def _draw_choice(option, rng: np.random.Generator):
+    """A single value as is; one of a list, uniformly."""
+    return str(rng.choice(option)) if isinstance(option, list | tuple) else option
 
 
 def _draw_level(level, rng: np.random.Generator) -> float:

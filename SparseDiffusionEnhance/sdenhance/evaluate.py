@@ -201,10 +201,11 @@ def run_baseline(name: str, case: Case, setup: Setup) -> MethodResult:
     if reason:
         return MethodResult(baseline.label, None, note=reason)
     key = headline(setup.modality)
+    oracle = {"noise": case.model_input.array - case.reference.array} if baseline.oracle_noise else {}
     best, sweep = None, []
     for settings in baseline.sweep:
         output, seconds = _timed(
-            baseline.run, case.model_input.array, case.model_input.spacing, **setup.sr_params, **settings
+            baseline.run, case.model_input.array, case.model_input.spacing, **setup.sr_params, **oracle, **settings
         )
         scores = quality(case.reference.array, output, setup.modality)
         sweep.append({"settings": settings, "seconds": seconds} | scores)
@@ -501,7 +502,7 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--checkpoint", help="model name or .safetensors path (default: the shipped model for the task)")
     p.add_argument("--modality", choices=MODALITIES, help="default: implied by the degradation, else the checkpoint's")
     p.add_argument(
-        "--methods", type=_names, help="comma list: gaussian,curvature,nlm (denoise), bspline,lanczos (SR), ours"
+        "--methods", type=_names, help="comma list: gaussian,curvature,nlm,bm4d (denoise), bspline,lanczos (SR), ours"
     )
     p.add_argument("--crop", type=_crop, help="centre crop Z,Y,X applied after degradation (faster runs)")
     p.add_argument("--steps", type=int, help="sparse steps K for our model (default: the checkpoint's)")

@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from .checkpoint import build_meta, save_checkpoint
 from .data import PatchSampler, load_pairs
-from .degrade import make_degradation
+from .degrade import DENOISING, make_degradation
 from .io import centre_crop, read_volume
 from .metrics import headline, quality
 from .model import ModelConfig, SparseDiffusionUNet, count_parameters
@@ -49,6 +49,13 @@ class TrainConfig:
     train_files: list[str]
     val_files: list[str] = field(default_factory=list)
     val_degradation: dict | None = None  # fixed level for validation; default: the training spec
+    # more validation degradations, {label: spec}, scored on the same files (e.g. noise families held out of training)
+    val_families: dict[str, dict] = field(default_factory=dict)
+    # a degradation drawn afresh for this share of the patches, instead of cutting them from cached realisations
+    patch_degradation: dict | None = None
+    patch_share: float = 0.0
+    # a new run starts from these weights (a shipped model's name or a .safetensors path) instead of from scratch
+    init_from: str | None = None
     val_crop: list[int] | None = None  # centre crop (z, y, x) of each validation volume, None = whole
     data_root: str = "."
     realisations: int = 4
@@ -83,7 +90,26 @@ class TrainConfig:
         unknown = set(raw) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
-        return cls(**raw)
+        config = cls(**raw)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Raise ValueError for settings that would only fail hours into a run (degradations, lr_decay)."""
+        for spec in [self.degradation, self.val_degradation, *self.val_families.values()]:
+            if spec is not None:
+                make_degradation(spec)
+        if self.patch_degradation is not None:
+            if self.patch_degradation.get("kind") not in DENOISING:
+                raise ValueError(f"patch_degradation must be a denoising kind ({', '.join(DENOISING)})")
+            make_degradation(self.patch_degradation)
+        if not 0.0 <= self.patch_share <= 1.0:
+            raise ValueError(f"patch_share must be in [0, 1], got {self.patch_share}")
+        decay = self.lr_decay
+        if decay is not None and (
+            set(decay) != {"start", "end", "final"} or not 0 <= decay["start"] < decay["end"] or decay["final"] < 0
+        ):
+            raise ValueError(f"lr_decay must be {{start: STEP, end: STEP, final: LR}} with start < end; got {decay}")
 
     def paths(self, names: list[str]) -> list[Path]:
         paths = [Path(self.data_root) / n for n in names]
@@ -178,6 +204,19 @@ def load_state(run: Run, path: Path, rank: int) -> None:
     run.sampler.restore(state["samplers"][rank])
 
 
+def warm_start(run: Run, name_or_path: str) -> None:
+    """Model and EMA weights from a checkpoint (strict: the architecture must match the config's)."""
+    from .checkpoint import load_model
+    from .registry import resolve
+
+    source, _ = load_model(resolve(name_or_path))
+    try:
+        run.model.load_state_dict(source.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"init_from {name_or_path} does not match the config's model settings: {exc}") from exc
+    run.ema.module.load_state_dict(source.state_dict(), strict=True)
+
+
 def export_checkpoint(config: TrainConfig, run: Run, out_dir: Path, metrics: dict, dense: bool) -> Path:
     """The EMA weights as NAME.safetensors + NAME.json in ``out_dir``."""
     meta = build_meta(
@@ -194,6 +233,9 @@ def export_checkpoint(config: TrainConfig, run: Run, out_dir: Path, metrics: dic
             "steps": run.step,
             "timesteps_drawn": "dense" if dense else "sparse",
             "degradation": config.degradation,
+            "patch_degradation": config.patch_degradation,
+            "patch_share": config.patch_share,
+            "init_from": config.init_from,
             "train_files": config.train_files,
             "val_files": config.val_files,
             "patch_size": list(config.patch_size),
@@ -211,14 +253,18 @@ class Validator:
 
     def __init__(self, config: TrainConfig):
         self.config = config
-        degrade = make_degradation(config.val_degradation or config.degradation)
+        # the headline degradation keeps the plain file name as the case name, each family adds "|label"
+        families = {"": config.val_degradation or config.degradation, **config.val_families}
         self.cases = []
         for i, path in enumerate(config.paths(config.val_files)):
             volume = read_volume(path)
-            # degrade the whole scan, then crop: CT noise depends on every ray through the full cross-section
-            degraded, reference = degrade(volume.with_array(volume.array.astype(np.float32)), np.random.default_rng(i))
-            crop = config.val_crop
-            self.cases.append((path.name, _maybe_crop(degraded, crop), _maybe_crop(reference, crop)))
+            volume = volume.with_array(volume.array.astype(np.float32))
+            for label, spec in families.items():
+                # degrade the whole scan, then crop: CT noise depends on every ray through the full cross-section
+                degraded, reference = make_degradation(spec)(volume, np.random.default_rng(i))
+                name = f"{path.name}|{label}" if label else path.name
+                crop = config.val_crop
+                self.cases.append((name, _maybe_crop(degraded, crop), _maybe_crop(reference, crop)))
 
     def __call__(self, model: torch.nn.Module, schedule: NoiseSchedule, device: torch.device) -> dict:
         sampler = SamplerConfig(
@@ -258,10 +304,14 @@ def train(
     dense: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Train (or continue) and return a summary; writes state.pt, log.csv, val.csv and the checkpoint."""
+    """Train (or continue) and return a summary; writes state.pt, log.csv, val.csv and the checkpoint.
+
+    A new run with ``config.init_from`` starts from that checkpoint's weights with a fresh optimiser: how training
+    continues on a machine that has the shipped weights but not the trainer state.
+    """
     rank, world, device = setup_distributed()
     output.mkdir(parents=True, exist_ok=True)
-    max_steps = max_steps or config.max_steps
+    max_steps = config.max_steps if max_steps is None else max_steps
     torch.manual_seed(config.seed + rank)
     random.seed(config.seed + rank)
     pairs = load_pairs(
@@ -275,9 +325,19 @@ def train(
     model = SparseDiffusionUNet(config.model).to(device)
     ema = AveragedModel(model, multi_avg_fn=ema_update(config.ema_decay))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    run = Run(model, ema, optimizer, PatchSampler(pairs, config.patch_size, config.modality, config.seed + 1000 * rank))
+    patches = PatchSampler(
+        pairs,
+        config.patch_size,
+        config.modality,
+        config.seed + 1000 * rank,
+        patch_degradation=make_degradation(config.patch_degradation) if config.patch_degradation else None,
+        patch_share=config.patch_share,
+    )
+    run = Run(model, ema, optimizer, patches)
     if resume and (output / STATE_FILE).is_file():
         load_state(run, output / STATE_FILE, rank)
+    elif config.init_from is not None:
+        warm_start(run, config.init_from)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     schedule = NoiseSchedule(config.schedule)
     timesteps = schedule.training_timesteps(dense)

@@ -107,6 +107,67 @@ def test_ct_air_and_outside_the_field_of_view_stay_sensible():
     assert np.all(np.clip(out, -1024, 3071)[:, radius > 95] == -1024.0)
 
 
+def test_sharper_reconstruction_filters_give_more_and_finer_noise():
+    """Same rays, same draws: the plain ramp (a bone/lung kernel) leaves more, finer-grained noise than Hann."""
+    hu, radius = water_cylinder(96, 2.0, 80.0, 2)
+    centre = radius < 40.0
+    stats = {}
+    for window in ("ramp", "shepp-logan", "cosine", "hann"):
+        noise = low_dose_ct(hu, 0.25, np.random.default_rng(0), spacing=(2.0, 2.0, 3.0), reconstruction_filter=window)
+        noise = noise - hu
+        neighbours = float(np.mean(noise[:, 1:, :] * noise[:, :-1, :])) / float(np.mean(noise**2))
+        stats[window] = (float(noise[:, centre].std()), neighbours)
+    stds, correlations = zip(*(stats[w] for w in ("ramp", "shepp-logan", "cosine", "hann")), strict=True)
+    assert list(stds) == sorted(stds, reverse=True) and stds[0] > 1.5 * stds[-1]
+    assert list(correlations) == sorted(correlations)  # smoother kernels correlate neighbours more
+    assert correlations[0] < 0.2 < 0.5 < correlations[-1]  # ramp noise is nearly white from pixel to pixel
+
+
+# ------------------------------------------------------------------ CT noise textures in the image domain
+
+
+def _ring_power(noise: np.ndarray) -> np.ndarray:
+    """Mean in-plane power of ``noise`` in rings 0.05 cycles/pixel wide, from the lowest frequencies up."""
+    power = np.abs(np.fft.rfft2(noise)) ** 2
+    f = np.hypot(np.fft.fftfreq(noise.shape[1])[:, None], np.fft.rfftfreq(noise.shape[2])[None, :])
+    return np.array([power[:, (f > lo) & (f <= lo + 0.05)].mean() for lo in np.arange(0.0, 0.5, 0.05)])
+
+
+@pytest.mark.parametrize("texture", degrade.CT_TEXTURES)
+def test_each_ct_texture_has_unit_std_and_its_own_spectrum(texture):
+    noise = degrade.ct_texture_noise((8, 96, 96), np.random.default_rng(1), texture)
+    assert noise.dtype == np.float32 and noise.shape == (8, 96, 96)
+    assert float(noise.std()) == pytest.approx(1.0, rel=1e-4) and abs(float(noise.mean())) < 0.05
+    rings = _ring_power(noise)
+    if texture == "white":
+        assert rings.min() > 0.6 * rings.max()
+    elif texture == "gaussian":
+        assert rings.argmax() == 0 and rings[-1] < 0.2 * rings[0]
+    else:  # filtered back-projection: noise power ~ |f| vanishes at the lowest frequencies
+        assert rings.argmax() > 0 and rings[0] < 0.7 * rings.max()
+
+
+def test_fbp_textures_vanish_above_their_cut_off_and_vary_smoothly_in_amplitude():
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        gain = degrade._in_plane_gain((64, 64), "hann", rng)
+        f = np.hypot(np.fft.fftfreq(64)[:, None], np.fft.rfftfreq(64)[None, :])
+        assert np.all(gain[f > 0.5] == 0.0) and gain[0, 0] == 0.0
+    amplitude = degrade._smooth_amplitude((8, 64, 64), 0.5, rng)
+    assert amplitude.min() > 0 and amplitude.std() > 0.1
+    assert np.abs(np.diff(np.log(amplitude), axis=2)).max() < 0.2  # smooth: no jumps between neighbours
+
+
+def test_ct_image_noise_has_the_requested_std_and_leaves_the_input_untouched():
+    hu, _ = water_cylinder(64, 1.0, 30.0, 6)
+    before = hu.copy()
+    runs = [degrade.ct_image_noise(hu, 40.0, np.random.default_rng(seed), ("ramp", "white")) for seed in (3, 3, 4)]
+    np.testing.assert_array_equal(hu, before)
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
+    assert float((runs[0] - hu).std()) == pytest.approx(40.0, rel=1e-3)
+
+
 # ------------------------------------------------------------------ PET
 
 
@@ -294,6 +355,8 @@ def test_random_phase_realisations_share_the_span_every_phase_covers(factor, spa
     "spec",
     [
         {"kind": "ct_low_dose", "dose": [0.1, 0.5]},
+        {"kind": "ct_low_dose", "dose": 0.2, "reconstruction_filter": ["ramp", "cosine"]},
+        {"kind": "ct_image_noise", "noise_hu": [5, 50]},
         {"kind": "pet_low_count", "fraction": 0.2, "fwhm_mm": 4.0},
         {"kind": "mri_rician", "snr": [5, 20]},
         {"kind": "thick_slices", "factor": 4, "axis": "x", "profile": "gaussian"},
@@ -328,7 +391,9 @@ def test_fixed_level_is_used_as_is_and_ranges_are_log_uniform():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"kind": "blur"}, "ct_low_dose, pet_low_count, mri_rician, thick_slices"),
+        ({"kind": "blur"}, "ct_low_dose, ct_image_noise, pet_low_count, mri_rician, thick_slices"),
+        ({"kind": "ct_image_noise", "noise_hu": 20, "textures": ["white", "bumpy"]}, "white, gaussian, ramp"),
+        ({"kind": "ct_low_dose", "dose": 0.5, "reconstruction_filter": "sinc"}, "ramp, shepp-logan"),
         ({"dose": 0.5}, "needs 'kind'"),
         ({"kind": "ct_low_dose"}, "missing dose. Valid keys: dose"),
         ({"kind": "ct_low_dose", "dose": 0.5, "snr": 3}, "unknown snr"),

@@ -8,7 +8,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from sdenhance.checkpoint import load_model
+from sdenhance.data import Pair, PatchSampler
+from sdenhance.degrade import make_degradation
 from sdenhance.io import Volume, write_volume
+from sdenhance.normalize import Normalizer
 from sdenhance.phantom import torso_phantom
 from sdenhance.train import TrainConfig, lr_at, train, weights_digest
 
@@ -124,3 +127,60 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path, config_file):
     summary = yaml.safe_load((tmp_path / "ddp" / "summary.yaml").read_text(encoding="utf-8"))
     assert len(summary["rank_digests"]) == 2
     assert summary["rank_digests"][0] == summary["rank_digests"][1]
+
+
+def _with(config_file, tmp_path, **changes):
+    raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) | changes
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"lr_decay": {"start": 10, "end": 5, "final": 1e-5}}, "start < end"),
+        ({"lr_decay": {"start": 10, "stop": 50}}, "lr_decay must be"),
+        ({"degradation": {"kind": "mri_rician", "snr": -1}}, "positive"),
+        ({"val_families": {"hard": {"kind": "mri_rician"}}}, "missing snr"),
+        ({"patch_degradation": {"kind": "thick_slices", "factor": 2, "axis": "z"}}, "denoising kind"),
+        ({"patch_degradation": {"kind": "mri_rician", "snr": 5}, "patch_share": 1.5}, r"\[0, 1\]"),
+    ],
+)
+def test_config_errors_are_found_when_it_loads_not_hours_later(tmp_path, config_file, changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.load(_with(config_file, tmp_path, **changes))
+
+
+def _sampler_on_a_flat_volume(patch_share: float) -> PatchSampler:
+    target = np.full((12, 24, 24), 40.0, dtype=np.float32)
+    cached = target + 5.0  # a 'realisation' that is easy to recognise
+    pair = Pair(target, [cached], [Normalizer.fit(cached, "ct")], (2.0, 1.0, 1.0))
+    patch_noise = make_degradation({"kind": "ct_image_noise", "noise_hu": 100.0})
+    return PatchSampler([pair], (8, 16, 16), "ct", seed=0, patch_degradation=patch_noise, patch_share=patch_share)
+
+
+def test_patch_degradation_replaces_the_cached_realisations_for_its_share_of_patches():
+    residual_std = [
+        float((batch["image"] - batch["target"]).flatten(1).std(dim=1).max())
+        for share in (0.0, 1.0)
+        for batch in [_sampler_on_a_flat_volume(share).batch(4)]
+    ]
+    assert residual_std[0] == pytest.approx(0.0, abs=1e-6)  # cached: a constant +5 HU offset
+    assert residual_std[1] == pytest.approx(0.1, rel=0.05)  # fresh: 100 HU noise = 0.1 in CT model units
+    mixed = _sampler_on_a_flat_volume(0.5)
+    offsets = (mixed.batch(64)["image"] - mixed.batch(1)["target"][:1]).flatten(1).std(dim=1)
+    assert 10 < int((offsets > 0.05).sum()) < 54  # about half the patches are degraded afresh
+
+
+def test_a_new_run_can_start_from_a_checkpoints_weights(tmp_path, config_file):
+    torch.set_num_threads(1)
+    first = train(TrainConfig.load(config_file), tmp_path / "first", max_steps=3, progress=False)
+    config = TrainConfig.load(config_file)
+    config.init_from = str(tmp_path / "first" / "tiny.safetensors")
+    warm = train(config, tmp_path / "warm", max_steps=0, progress=False)
+    cold = train(TrainConfig.load(config_file), tmp_path / "cold", max_steps=0, progress=False)
+    exported = load_model(tmp_path / "first" / "tiny.safetensors")[0]
+    assert warm["rank_digests"][0] == weights_digest(exported) != cold["rank_digests"][0]
+    assert load_model(tmp_path / "warm" / "tiny.safetensors")[1].meta["training"]["init_from"] == config.init_from
+    assert first["step"] == 3
