@@ -1,11 +1,13 @@
 """Copy a trained run's checkpoint into the package's shipped models, completing its model card.
 
     python scripts/ship_model.py runs/ct-denoise [--evaluation eval/ct-denoise/results.json]
+    python scripts/ship_model.py --refresh-noise-range ct-denoise   # only re-measure a shipped card's noise range
 
 The card gets: training scans with their licences (from the data MANIFEST.md), the degradation and its
-parameter range, the voxel spacing range seen in training, K, the normalisation, the validation metrics the
-trainer measured (and the evaluation table when given), and the summary and known limits written in the
-training config's card.
+parameter range, the voxel spacing range seen in training, the noise range of the training inputs as
+``sdenhance.noise`` estimates it (denoising; what ``enhance`` warns against), K, the normalisation, the
+validation metrics the trainer measured (and the evaluation table when given), and the summary and known
+limits written in the training config's card.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import yaml
+from sdenhance.degrade import DENOISING, make_degradation
+from sdenhance.io import read_volume
+from sdenhance.noise import estimate_noise
 from sdenhance.normalize import __doc__ as NORMALISATION_DOC
 from sdenhance.registry import SHIPPED_DIR, read_card
 
@@ -52,6 +58,35 @@ def spacing_range(spacings: list[list[float]]) -> dict[str, list[float]]:
     return {name: [round(min(a), 3), round(max(a), 3)] for name, a in zip("zyx", axes, strict=True)}
 
 
+def level_ends(spec: dict) -> list[dict]:
+    """The spec at the lowest and the highest level of its range (a fixed level: the spec itself)."""
+    key = DENOISING[spec["kind"]][0]
+    levels = spec[key] if isinstance(spec[key], list) else [spec[key]]
+    return [spec | {key: level} for level in levels]
+
+
+def noise_range(config_path: Path) -> dict | None:
+    """Lowest and highest noise estimate over the training scans degraded at the ends of each training
+    degradation's range: the inputs the model has seen. None for super-resolution."""
+    from sdenhance.train import TrainConfig
+
+    config = TrainConfig.load(config_path)
+    if config.task != "denoise":
+        return None
+    specs = [s for spec in (config.degradation, config.patch_degradation) if spec for s in level_ends(spec)]
+    estimates = []
+    for index, path in enumerate(config.paths(config.train_files)):
+        volume = read_volume(path)
+        volume = volume.with_array(volume.array.astype(np.float32))
+        for spec in specs:
+            degraded, _ = make_degradation(spec)(volume, np.random.default_rng(index))
+            estimate = estimate_noise(degraded.array, config.modality)
+            print(f"  {path.name} {spec}: {estimate}")
+            estimates.append(estimate)
+    values = [e.value for e in estimates if np.isfinite(e.value)]
+    return {"low": round(min(values), 1), "high": round(max(values), 1), "unit": estimates[0].unit}
+
+
 def config_card(name: str) -> dict:
     """The card section of the model's training config: edited there (e.g. known limits) after training."""
     path = CONFIG_DIR / f"{name}.yaml"
@@ -81,6 +116,7 @@ def complete_card(meta: dict, evaluation: dict | None) -> dict:
         "validation_scans": training["val_files"],
         "degradation": training["degradation"],
         "spacing_range_mm": spacing_range(training["spacing_zyx"]),
+        "noise_range": noise_range(CONFIG_DIR / f"{meta['name']}.yaml"),
         "sparse_steps_K": meta["schedule"]["steps"],
         "timesteps_T": meta["schedule"]["timesteps"],
         "normalisation": normalisation_text(meta["modality"]),
@@ -94,9 +130,19 @@ def complete_card(meta: dict, evaluation: dict | None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="training run folder (holds NAME.safetensors + NAME.json)")
+    parser.add_argument("run", type=Path, nargs="?", help="training run folder (holds NAME.safetensors + NAME.json)")
     parser.add_argument("--evaluation", type=Path, help="results.json written by `sdenhance evaluate`")
+    parser.add_argument("--refresh-noise-range", metavar="NAME", help="re-measure a shipped card's noise range only")
     args = parser.parse_args()
+    if args.refresh_noise_range:
+        card_path = SHIPPED_DIR / f"{args.refresh_noise_range}.json"
+        meta = json.loads(card_path.read_text(encoding="utf-8"))
+        meta["card"]["noise_range"] = noise_range(CONFIG_DIR / f"{args.refresh_noise_range}.yaml")
+        card_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        print(f"{card_path}: noise_range {meta['card']['noise_range']}")
+        return
+    if args.run is None:
+        parser.error("give a run folder, or --refresh-noise-range NAME")
     weights = next(args.run.glob("*.safetensors"))
     meta = read_card(weights).meta
     evaluation = json.loads(args.evaluation.read_text(encoding="utf-8")) if args.evaluation else None

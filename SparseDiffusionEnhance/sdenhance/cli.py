@@ -54,9 +54,10 @@ class Reporter:
         if self.mode == "bar":
             from tqdm import tqdm
 
+            noise = f", input {fields['noise']}" if fields.get("noise") else ""
             print(
                 f"device {fields['device']}, {fields['input_shape']} -> {fields['output_shape']}, "
-                f"{self.evaluations} network passes",
+                f"{self.evaluations} network passes{noise}",
                 file=sys.stderr,
             )
             self.bar = tqdm(total=1, unit="patch", desc="enhancing", dynamic_ncols=True)
@@ -185,6 +186,13 @@ def run_enhance(args) -> int:
     plan = plan_enhancement(volume, card, options)
     if warning := spacing_outside_range(card, model_spacing(volume, plan, card)):
         reporter.warning(warning)
+    noise = None
+    if card.task == "denoise":  # a model for noise only knows the noise levels it was trained on
+        from .noise import estimate_noise, noise_outside_range
+
+        noise = estimate_noise(volume.array, card.modality)
+        if warning := noise_outside_range(card.meta, noise, card.name):
+            reporter.warning(warning)
     reporter.start(
         device=str(plan.device),
         input_shape=list(volume.array.shape),
@@ -192,6 +200,7 @@ def run_enhance(args) -> int:
         evaluations=plan.evaluations,
         checkpoint=card.name,
         engine_version=__version__,
+        noise=None if noise is None else str(noise),
     )
     result = enhance_volume(volume, card, options, reporter.windows)
     write_volume(result.volume, outputs[0], overwrite=args.overwrite)
