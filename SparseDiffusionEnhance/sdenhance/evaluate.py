@@ -42,7 +42,7 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "mri-sr2": ("mri", {"kind": "thick_slices", "factor": 2, "axis": "z"}),
 }
 #: The modality a noise model implies (slice thickening fits any modality).
-KIND_MODALITY = {"ct_low_dose": "ct", "pet_low_count": "pet", "mri_rician": "mri"}
+KIND_MODALITY = {"ct_low_dose": "ct", "ct_image_noise": "ct", "pet_low_count": "pet", "mri_rician": "mri"}
 #: 3D SSIM's Gaussian window (sigma 1.5, scikit-image's truncation at 3.5 sigma) spans 11 voxels per axis.
 MIN_SIDE = 11
 OURS = "ours"
@@ -496,6 +496,9 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("references", nargs="*", help="reference volumes (NIfTI / NRRD / MHA / DICOM folder)")
     p.add_argument("--config", help="training YAML: also evaluate its val_files, with its val_degradation by default")
     p.add_argument(
+        "--suite", help="robustness suite YAML (scans x degradation families, e.g. scripts/configs/robustness-ct.yaml)"
+    )
+    p.add_argument(
         "--degradation",
         help=f"preset ({', '.join(PRESETS)}) or a JSON/YAML spec, e.g. '{{kind: ct_low_dose, dose: 0.25}}'",
     )
@@ -514,8 +517,11 @@ def add_evaluate_parser(sub) -> None:
     p.set_defaults(func=run_evaluate)
 
 
-def _sources_and_degradation(args) -> tuple[list[Path], dict, str | None]:
-    """Reference files (given and the config's val_files), the degradation spec and the modality it implies."""
+def _sources_and_degradation(args, suite=None) -> tuple[list[Path], dict, str | None]:
+    """Reference files (given and the config's val_files), the degradation spec and the modality it implies; for
+    a suite, its scans and its first family (every family has the suite's task and modality)."""
+    if suite is not None:
+        return suite.files, next(iter(suite.families.values())), suite.modality
     sources, config = [Path(r) for r in args.references], None
     if args.config:
         from .train import TrainConfig
@@ -531,11 +537,11 @@ def _sources_and_degradation(args) -> tuple[list[Path], dict, str | None]:
     raise ValueError(f"give --degradation: a preset ({', '.join(PRESETS)}) or a JSON/YAML spec")
 
 
-def setup_from_args(args) -> tuple[list[Path], Setup]:
+def setup_from_args(args, suite=None) -> tuple[list[Path], Setup]:
     """References and settings from the command line; raises ValueError / CheckpointError with advice."""
     from .baselines import BASELINES, baselines_for
 
-    sources, spec, implied = _sources_and_degradation(args)
+    sources, spec, implied = _sources_and_degradation(args, suite)
     task = task_of(spec)
     methods = args.methods or (*baselines_for(task), OURS)
     unknown = [m for m in methods if m != OURS and (m not in BASELINES or BASELINES[m].task != task)]
@@ -572,14 +578,27 @@ def set_threads(threads: int | None) -> None:
 def run_evaluate(args) -> int:
     require("eval")  # figures (matplotlib) and the NLM noise estimate (PyWavelets)
     set_threads(args.threads)
+    folder = Path(args.output)
     try:
+        if args.suite:
+            return _run_suite(args, folder)
         sources, setup = setup_from_args(args)
-        report = evaluate_files(sources, setup, Path(args.output))
+        report = evaluate_files(sources, setup, folder)
     except EngineError:
         raise
     except ValueError as exc:  # the degradation, methods or config given: advice for the user, not a bug
         raise InputError(str(exc)) from exc
     print(markdown_table(report))
-    folder = Path(args.output)
     print(f"wrote {folder / 'results.json'}, {folder / 'results.md'} and {len(report['cases'])} figure(s) in {folder}")
+    return 0
+
+
+def _run_suite(args, folder: Path) -> int:
+    from .suite import Suite, run_suite
+
+    suite = Suite.load(args.suite)
+    _, setup = setup_from_args(args, suite)
+    run_suite(suite, setup, folder)
+    print((folder / "suite.md").read_text(encoding="utf-8"))
+    print(f"wrote {folder / 'suite.md'}, {folder / 'suite.json'} and one folder per family in {folder}")
     return 0

@@ -16,6 +16,7 @@ from sdenhance.evaluate import parse_degradation
 from sdenhance.io import Volume, centre_crop, fine_grid, read_volume, write_volume
 from sdenhance.metrics import quality
 from sdenhance.phantom import torso_phantom
+from sdenhance.suite import Suite, meets_floor
 
 OBLIQUE = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -185,3 +186,39 @@ def test_demo_without_a_shipped_model_says_how_to_get_one(tmp_path, monkeypatch,
     monkeypatch.setattr(registry, "SHIPPED_DIR", tmp_path / "no-models")
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 3
     assert "sdenhance train --config scripts/configs/ct-denoise.yaml" in capsys.readouterr().err
+
+
+def _suite_file(tmp_path, phantom_file, families):
+    path = tmp_path / "suite.yaml"
+    suite = {"name": "tiny", "modality": "ct", "data_root": str(phantom_file.parent), "files": [phantom_file.name]}
+    path.write_text(json.dumps(suite | {"crop": [12, 40, 40], "families": families}), encoding="utf-8")
+    return path
+
+
+def test_suite_scores_every_family_on_every_scan_and_checks_the_floor(tmp_path, phantom_file, tiny_checkpoints):
+    families = {
+        "white-40": {"kind": "ct_image_noise", "noise_hu": 40, "textures": ["white"]},
+        "ramp-80": {"kind": "ct_image_noise", "noise_hu": 80, "textures": ["ramp"]},
+    }
+    out = tmp_path / "suite-out"
+    args = ["evaluate", "--suite", str(_suite_file(tmp_path, phantom_file, families)), "-o", str(out)]
+    assert main([*args, "--checkpoint", str(tiny_checkpoints["denoise"]), "--methods", "gaussian,ours"]) == 0
+    rows = json.loads((out / "suite.json").read_text(encoding="utf-8"))["rows"]
+    assert [r["family"] for r in rows] == ["white-40", "ramp-80"]
+    for row in rows:
+        per_family = json.loads((out / row["family"] / "results.json").read_text(encoding="utf-8"))
+        scores = per_family["cases"][0]["methods"]
+        assert row["best_classical"]["psnr"] == scores["gaussian"]["scores"]["psnr_window"]
+        assert row["ours"]["ssim"] == scores["ours"]["scores"]["ssim_window"]
+        expected = row["ours"]["psnr"] > max(row["degraded"]["psnr"], row["best_classical"]["psnr"]) and (
+            row["ours"]["ssim"] > row["best_classical"]["ssim"]
+        )
+        assert meets_floor(row) is expected
+    table = (out / "suite.md").read_text(encoding="utf-8")
+    assert table.count("| torso |") == 2 and f"Floor met on {sum(meets_floor(r) for r in rows)} of 2 rows" in table
+
+
+def test_suite_refuses_a_bad_family_before_running_anything(tmp_path, phantom_file):
+    path = _suite_file(tmp_path, phantom_file, {"bad": {"kind": "ct_image_noise", "noise_hu": -3}})
+    with pytest.raises(ValueError, match="noise_hu"):
+        Suite.load(path)
