@@ -413,6 +413,60 @@ def mri_rician(image: np.ndarray, snr: float, rng: np.random.Generator) -> np.nd
     return np.hypot(real, imaginary)
 
 
+#: Receive coils whose sum of squares makes a magnitude image (1 = Rician, more = non-central chi noise).
+MRI_COILS = (1, 8)
+#: Share of the phase-encoding lines acquired with partial Fourier (the rest zero-filled), when drawn.
+PARTIAL_FOURIER = (0.6, 0.85)
+
+
+def mri_noise(image: np.ndarray, snr: float, rng: np.random.Generator, coils=MRI_COILS) -> np.ndarray:
+    """The magnitude ``image`` as a multi-coil scanner would record it at ``snr`` with a random noise instance.
+
+    Drawn per call: the coil count L in ``coils`` (sum of squares of L equal channels, each with the signal
+    ``image / sqrt(L)``: Rician for L = 1, non-central chi above, background mean ~sigma sqrt(2L)); a smooth
+    spatial variation of sigma (coil sensitivities, parallel-imaging g-factor); and, for most draws, in-plane
+    k-space correlation of the noise: a Hann/Tukey-like apodisation of random strength, or partial Fourier
+    along one in-plane axis (the missing lines zero-filled). sigma = foreground median / ``snr`` before the
+    variation, as in ``mri_rician``.
+    """
+    if snr <= 0:
+        raise ValueError(f"snr must be positive, got {snr}")
+    image = np.asarray(image, dtype=np.float32)
+    n_coils = int(rng.integers(coils[0], coils[1] + 1))
+    sigma = _foreground_median(image) / snr * _smooth_amplitude(image.shape, rng.uniform(*NOISE_VARIATION), rng)
+    gain = _kspace_noise_gain(image.shape[1:], rng)
+    power = np.zeros(image.shape, dtype=np.float32)
+    for _ in range(n_coils):
+        real, imaginary = (_correlated(rng.standard_normal(image.shape, dtype=np.float32), gain) for _ in range(2))
+        power += (image / math.sqrt(n_coils) + sigma * real) ** 2 + (sigma * imaginary) ** 2
+    return np.sqrt(power)
+
+
+def _kspace_noise_gain(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray | None:
+    """In-plane k-space weighting of the noise (rfft2 layout), or None for white noise (a quarter of draws)."""
+    choice = rng.random()
+    if choice < 0.25:
+        return None
+    fy = np.abs(np.fft.fftfreq(shape[0]))[:, None] * 2.0  # 0 at the centre of k-space, 1 at its edge
+    fx = np.fft.rfftfreq(shape[1])[None, :] * 2.0
+    if choice < 0.75:  # apodisation: flat to a random radius, then a cosine roll-off to zero at the edge
+        flat = rng.uniform(0.0, 0.8)
+        radius = np.minimum(np.hypot(fy, fx), 1.0)
+        roll = np.clip((radius - flat) / (1.0 - flat), 0.0, 1.0)
+        return (0.5 * (1.0 + np.cos(np.pi * roll))).astype(np.float32)
+    kept = rng.uniform(*PARTIAL_FOURIER)  # lines past this share of the phase-encoding axis were never acquired
+    signed = np.fft.fftfreq(shape[0])[:, None] * 2.0
+    return np.broadcast_to((signed <= 2.0 * kept - 1.0).astype(np.float32), (shape[0], fx.shape[1])).copy()
+
+
+def _correlated(white: np.ndarray, gain: np.ndarray | None) -> np.ndarray:
+    """``white`` noise shaped in-plane by ``gain``, rescaled to unit std."""
+    if gain is None:
+        return white
+    shaped = np.fft.irfft2(np.fft.rfft2(white) * gain, s=white.shape[1:]).astype(np.float32)
+    return shaped / max(float(shaped.std()), 1e-12)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Through-plane super-resolution: thick slices and the network's input grid
 # ---------------------------------------------------------------------------------------------------------
@@ -526,7 +580,9 @@ def _ct_image_noise(volume: Volume, noise_hu: float, rng: np.random.Generator, t
     return ct_image_noise(volume.array, noise_hu, rng, textures)
 
 
-def _pet_low_count(volume: Volume, fraction: float, rng: np.random.Generator, **options) -> np.ndarray:
+def _pet_low_count(volume: Volume, fraction: float, rng: np.random.Generator, fwhm_range_mm=None, **options):
+    if fwhm_range_mm is not None:  # reconstructions differ in how much they smooth: one width per realisation
+        options["fwhm_mm"] = _draw_level(fwhm_range_mm, rng)
     return pet_low_count(volume.array, fraction, rng, spacing=volume.spacing, **options)
 
 
@@ -534,12 +590,17 @@ def _mri_rician(volume: Volume, snr: float, rng: np.random.Generator) -> np.ndar
     return mri_rician(volume.array, snr, rng)
 
 
+def _mri_noise(volume: Volume, snr: float, rng: np.random.Generator, coils=MRI_COILS) -> np.ndarray:
+    return mri_noise(volume.array, snr, rng, tuple(coils))
+
+
 #: Denoising kinds: (the level's key, its upper bound or None, optional keys, simulator).
 DENOISING = {
     "ct_low_dose": ("dose", 1.0, ("incident_photons", "electronic_noise", "reconstruction_filter"), _ct_low_dose),
     "ct_image_noise": ("noise_hu", None, ("textures",), _ct_image_noise),
-    "pet_low_count": ("fraction", 1.0, ("reference_counts", "fwhm_mm"), _pet_low_count),
+    "pet_low_count": ("fraction", 1.0, ("reference_counts", "fwhm_mm", "fwhm_range_mm"), _pet_low_count),
     "mri_rician": ("snr", None, (), _mri_rician),
+    "mri_noise": ("snr", None, ("coils",), _mri_noise),
 }
 #: Every kind's (required keys, optional keys).
 SPEC_KEYS = {kind: ((level,), optional) for kind, (level, _, optional, _) in DENOISING.items()} | {
@@ -591,6 +652,10 @@ def _check_spec(spec: dict) -> None:
         for key, valid in CHOICES.items():
             if key in spec:
                 _check_choice(key, spec[key], valid)
+        if "fwhm_range_mm" in spec:
+            _check_level("fwhm_range_mm", spec["fwhm_range_mm"], None)
+        if "coils" in spec:
+            _check_coils(spec["coils"])
 
 
 def _check_level(name: str, level, upper: float | None) -> None:
@@ -614,6 +679,12 @@ def _check_choice(name: str, value, valid: tuple[str, ...]) -> None:
     names = value if isinstance(value, list | tuple) else [value]
     if not names or any(n not in valid for n in names):
         raise ValueError(f"'{name}' must name one or a list of {', '.join(valid)}; got {value!r}")
+
+
+def _check_coils(coils) -> None:
+    whole = isinstance(coils, list | tuple) and len(coils) == 2 and all(isinstance(c, int) for c in coils)
+    if not whole or not 1 <= coils[0] <= coils[1]:
+        raise ValueError(f"'coils' must be [low, high] whole numbers, 1 <= low <= high; got {coils!r}")
 
 
 def _check_sr_spec(spec: dict) -> None:

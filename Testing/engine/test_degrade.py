@@ -244,6 +244,31 @@ def test_mri_rician_seeding_is_reproducible():
     assert not np.array_equal(a, mri_rician(image, 10.0, np.random.default_rng(3)))
 
 
+def test_mri_multicoil_background_follows_the_non_central_chi_mean():
+    """Zero signal: the sum of squares of L coils has mean sigma sqrt(2) Gamma(L + 1/2) / Gamma(L)."""
+    image = np.zeros((8, 64, 64), dtype=np.float32)
+    image[:, :8, :8] = 100.0  # foreground whose median sets sigma = 100 / snr
+    for n_coils in (1, 4):
+        out = degrade.mri_noise(image, 10.0, np.random.default_rng(n_coils), coils=(n_coils, n_coils))
+        expected = math.sqrt(2.0) * math.gamma(n_coils + 0.5) / math.gamma(n_coils) * 10.0
+        background = out[:, 16:, 16:]
+        # the sigma map varies smoothly by up to exp(+-0.5); the mean over the volume stays within ~25 %
+        assert float(background.mean()) == pytest.approx(expected, rel=0.25)
+    np.testing.assert_array_equal(image[:, :8, :8], 100.0)  # input untouched
+
+
+def test_mri_kspace_weightings_correlate_the_noise_in_plane_only():
+    rng = np.random.default_rng(0)
+    correlations = []
+    for _ in range(40):
+        gain = degrade._kspace_noise_gain((64, 64), rng)
+        noise = degrade._correlated(rng.standard_normal((4, 64, 64), dtype=np.float32), gain)
+        assert float(noise.std()) == pytest.approx(1.0, rel=0.02)
+        correlations.append(float(np.mean(noise[:, 1:] * noise[:, :-1])))
+        assert abs(float(np.mean(noise[1:] * noise[:-1]))) < 0.05  # slices stay independent
+    assert min(correlations) < 0.05 and max(correlations) > 0.3  # white for some draws, correlated for others
+
+
 # ------------------------------------------------------------------ thick slices / SR input
 
 
@@ -358,7 +383,9 @@ def test_random_phase_realisations_share_the_span_every_phase_covers(factor, spa
         {"kind": "ct_low_dose", "dose": 0.2, "reconstruction_filter": ["ramp", "cosine"]},
         {"kind": "ct_image_noise", "noise_hu": [5, 50]},
         {"kind": "pet_low_count", "fraction": 0.2, "fwhm_mm": 4.0},
+        {"kind": "pet_low_count", "fraction": [0.02, 0.5], "fwhm_range_mm": [1.0, 6.0]},
         {"kind": "mri_rician", "snr": [5, 20]},
+        {"kind": "mri_noise", "snr": [3, 50], "coils": [1, 8]},
         {"kind": "thick_slices", "factor": 4, "axis": "x", "profile": "gaussian"},
     ],
 )
@@ -391,7 +418,7 @@ def test_fixed_level_is_used_as_is_and_ranges_are_log_uniform():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"kind": "blur"}, "ct_low_dose, ct_image_noise, pet_low_count, mri_rician, thick_slices"),
+        ({"kind": "blur"}, "ct_low_dose, ct_image_noise, pet_low_count, mri_rician, mri_noise, thick_slices"),
         ({"kind": "ct_image_noise", "noise_hu": 20, "textures": ["white", "bumpy"]}, "white, gaussian, ramp"),
         ({"kind": "ct_low_dose", "dose": 0.5, "reconstruction_filter": "sinc"}, "ramp, shepp-logan"),
         ({"dose": 0.5}, "needs 'kind'"),
@@ -400,6 +427,8 @@ def test_fixed_level_is_used_as_is_and_ranges_are_log_uniform():
         ({"kind": "ct_low_dose", "dose": [0.5, 0.1]}, "low <= high"),
         ({"kind": "pet_low_count", "fraction": 1.5}, r"in \(0, 1\]"),
         ({"kind": "mri_rician", "snr": -2}, "positive"),
+        ({"kind": "mri_noise", "snr": 5, "coils": [4, 2]}, "1 <= low <= high"),
+        ({"kind": "pet_low_count", "fraction": 0.1, "fwhm_range_mm": [6, 1]}, "low <= high"),
         ({"kind": "mri_rician", "snr": [1, 2, 3]}, "range"),
         ({"kind": "thick_slices", "factor": 1, "axis": "z"}, "integer >= 2"),
         ({"kind": "thick_slices", "factor": 2, "axis": "w"}, "x, y, z"),
