@@ -19,7 +19,8 @@ from pathlib import Path
 
 from . import __version__
 from .demo import add_demo_parser
-from .errors import EXIT_INTERNAL, InputError, Terminated, VolumeError, classify
+from .dicom import check_dicom_output, write_dicom_series
+from .errors import EXIT_INTERNAL, InputError, Terminated, VolumeError, classify, require
 from .evaluate import add_evaluate_parser
 from .io import output_suffix, read_volume, validate_intensities, write_volume
 from .registry import (
@@ -104,7 +105,7 @@ def _patch(text: str) -> tuple[int, int, int]:
 def add_enhance_parser(sub) -> None:
     p = sub.add_parser("enhance", help="denoise or super-resolve a 3D scan")
     p.add_argument("input", help="NIfTI / NRRD / MHA file or DICOM series folder")
-    p.add_argument("-o", "--output", required=True, help="output file (.nii.gz, .nrrd, .mha)")
+    p.add_argument("-o", "--output", required=True, help="output file (.nii.gz, .nii, .nrrd, .mha), or folder")
     p.add_argument("--task", choices=["denoise", "sr"], default="denoise")
     p.add_argument("--checkpoint", help="shipped model name (see `sdenhance models`) or .safetensors path")
     p.add_argument(
@@ -137,6 +138,11 @@ def add_enhance_parser(sub) -> None:
     p.add_argument("--no-skip-background", action="store_true", help="run the model on air patches too")
     p.add_argument("--progress", choices=["bar", "jsonl", "none"], default="bar")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument(
+        "--format",
+        choices=["dicom"],
+        help="dicom: write a derived DICOM series into the folder -o (the input must be a DICOM series folder)",
+    )
     p.set_defaults(func=run_enhance)
 
 
@@ -146,6 +152,10 @@ def check_outputs(args) -> list[Path]:
     for output in outputs:
         if output.resolve() == Path(args.input).resolve():
             raise VolumeError("the output would overwrite the input; choose another output path")
+    if args.format == "dicom":
+        require("dicom")
+        check_dicom_output(Path(args.input), outputs[0])
+    for output in outputs[1:] if args.format == "dicom" else outputs:
         output_suffix(output)
         if output.exists() and not args.overwrite:
             raise FileExistsError(f"{output} exists; choose another output or pass --overwrite")
@@ -203,7 +213,11 @@ def run_enhance(args) -> int:
         noise=None if noise is None else str(noise),
     )
     result = enhance_volume(volume, card, options, reporter.windows)
-    write_volume(result.volume, outputs[0], overwrite=args.overwrite)
+    if args.format == "dicom":
+        how = f"sdenhance {__version__} {args.task} with {card.name}: K={plan.sampler.steps}, seed={args.seed}"
+        write_dicom_series(result.volume, Path(args.input), outputs[0], card.name, f"{how}, samples={args.samples}")
+    else:
+        write_volume(result.volume, outputs[0], overwrite=args.overwrite)
     if args.uncertainty:
         write_volume(result.spread, outputs[1], overwrite=args.overwrite)
     reporter.done(

@@ -169,7 +169,9 @@ def output_suffix(path: str | os.PathLike) -> str:
     for suffix in OUTPUT_SUFFIXES:
         if name.endswith(suffix):
             return suffix
-    raise VolumeError(f"cannot write {path}: the output must end in {', '.join(OUTPUT_SUFFIXES)}")
+    raise VolumeError(
+        f"cannot write {path}: the output must end in {', '.join(OUTPUT_SUFFIXES)} (or a folder with --format dicom)"
+    )
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
