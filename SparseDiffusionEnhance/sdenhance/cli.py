@@ -354,7 +354,7 @@ def _sigterm_raises():
     """SIGTERM raises ``Terminated``, so partial outputs are removed on the way out (default: die on the spot)."""
 
     def terminate(signum, frame):
-        raise Terminated("terminated (SIGTERM) before the run finished; nothing was written")
+        raise Terminated("terminated (SIGTERM) before the run finished; no partial output is left")
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
