@@ -175,7 +175,7 @@ def run_enhance(args) -> int:
     if args.modality is None:
         check_looks_like(volume, card.modality)
     # torch loads only now, so a bad input or checkpoint fails at once
-    from .pipeline import EnhanceOptions, enhance_volume, plan_enhancement
+    from .pipeline import EnhanceOptions, enhance_volume, plan_enhancement, untrained_timesteps_warning
 
     options = EnhanceOptions(
         task=args.task,
@@ -195,6 +195,8 @@ def run_enhance(args) -> int:
     )
     plan = plan_enhancement(volume, card, options)
     if warning := spacing_outside_range(card, model_spacing(volume, plan, card)):
+        reporter.warning(warning)
+    if warning := untrained_timesteps_warning(card, plan.sampler.steps):
         reporter.warning(warning)
     noise = None
     if card.task == "denoise":  # a model for noise only knows the noise levels it was trained on

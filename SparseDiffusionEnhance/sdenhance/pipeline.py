@@ -96,6 +96,26 @@ def _checked_counts(card: ModelCard, options: EnhanceOptions) -> int:
     return steps
 
 
+def untrained_timesteps_warning(card: ModelCard, steps: int) -> str | None:
+    """A warning when sampling with ``steps`` evaluates the model at timesteps its training never drew (a
+    sparse-trained model saw only its own K's set); None for the trained K, for K values whose timesteps are
+    a subset of it (K = 1 evaluates t = T - 1 only), and for a densely trained model."""
+    if card.meta.get("training", {}).get("timesteps_drawn", "sparse") == "dense":
+        return None
+    schedule = schedule_of(card)
+    trained = set(schedule.sparse_timesteps()[1:])
+    unseen = sorted(set(schedule.sparse_timesteps(steps)[1:]) - trained)
+    if not unseen:
+        return None
+    fitting = [k for k in range(1, schedule.config.steps + 1) if set(schedule.sparse_timesteps(k)[1:]) <= trained]
+    shown = ", ".join(map(str, unseen[:6])) + (", ..." if len(unseen) > 6 else "")
+    return (
+        f"--steps {steps} evaluates '{card.name}' at timesteps it was never trained on ({shown}; trained: "
+        f"{', '.join(map(str, sorted(trained)))}), so the result may be worse; use --steps "
+        f"{' or '.join(map(str, fitting))}"
+    )
+
+
 def check_compatible(card: ModelCard, options: EnhanceOptions) -> tuple[str, int | None, str | None]:
     """Modality, SR factor and axis to use; refuses a checkpoint that does not fit the request."""
     check_fits(card, options.task, options.factor)

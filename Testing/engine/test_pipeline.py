@@ -7,8 +7,8 @@ import pytest
 import torch
 from sdenhance.cli import main
 from sdenhance.io import Volume, read_volume, write_volume
-from sdenhance.pipeline import FLIPS, EnhanceOptions, enhance_volume, pick_precision
-from sdenhance.registry import MAX_SAMPLES, resolve
+from sdenhance.pipeline import FLIPS, EnhanceOptions, enhance_volume, pick_precision, untrained_timesteps_warning
+from sdenhance.registry import MAX_SAMPLES, read_card, resolve
 from sdenhance.testing import make_tiny_checkpoint
 
 
@@ -99,3 +99,18 @@ def test_auto_precision_is_bf16_only_on_cpus_that_compute_in_bf16(monkeypatch, n
     assert pick_precision("auto", torch.device("cpu")) == expected
     assert pick_precision("auto", torch.device("cuda")) == "fp32"
     assert pick_precision("fp16", torch.device("cpu")) == "fp16"
+
+
+def test_steps_whose_timesteps_were_never_trained_are_warned_about(tiny_checkpoints, tmp_path, ct_file, capsys):
+    card = read_card(tiny_checkpoints["denoise"])  # trained with K = 2: timesteps 500 and 999
+    assert untrained_timesteps_warning(card, 1) is None and untrained_timesteps_warning(card, 2) is None
+    warning = untrained_timesteps_warning(card, 4)
+    assert "at timesteps it was never trained on (250, 749; trained: 500, 999)" in warning
+    assert warning.endswith("use --steps 1 or 2")
+    dense = read_card(tiny_checkpoints["denoise"])
+    dense.meta["training"] = {"timesteps_drawn": "dense"}
+    assert untrained_timesteps_warning(dense, 4) is None
+    args = ["enhance", str(ct_file), "-o", str(tmp_path / "o.nrrd"), "--checkpoint", str(tiny_checkpoints["denoise"])]
+    assert main([*args, "--steps", "3", "--progress", "jsonl"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "warning" and "--steps 3 evaluates" in e["message"] for e in events)
