@@ -12,11 +12,10 @@ from sdenhance.baselines import BASELINES, baselines_for
 from sdenhance.cli import main
 from sdenhance.degrade import thick_slices
 from sdenhance.demo import demo
-from sdenhance.evaluate import parse_degradation
+from sdenhance.evaluate import Suite, meets_floor, parse_degradation
 from sdenhance.io import Volume, centre_crop, fine_grid, read_volume, write_volume
 from sdenhance.metrics import quality
 from sdenhance.phantom import torso_phantom
-from sdenhance.suite import Suite, meets_floor
 
 OBLIQUE = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 
