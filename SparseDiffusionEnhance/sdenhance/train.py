@@ -259,8 +259,12 @@ class Validator:
         for i, path in enumerate(config.paths(config.val_files)):
             volume = read_volume(path)
             volume = volume.with_array(volume.array.astype(np.float32))
+            if config.val_crop and config.modality == "ct" and config.task == "denoise":
+                # only the crop's slices: CT noise is simulated slice by slice, each from its whole cross-section
+                # (PET and MRI noise levels follow the whole scan's foreground, so they keep it)
+                volume = centre_crop(volume, (config.val_crop[0], *volume.array.shape[1:]))
             for label, spec in families.items():
-                # degrade the whole scan, then crop: CT noise depends on every ray through the full cross-section
+                # degrade whole slices, then crop: CT noise depends on every ray through the full cross-section
                 degraded, reference = make_degradation(spec)(volume, np.random.default_rng(i))
                 name = f"{path.name}|{label}" if label else path.name
                 crop = config.val_crop
