@@ -6,7 +6,6 @@ import enum
 
 import numpy as np
 import slicer
-from sdenhance.io import resample_onto
 
 from .volumes import engineVolume, uncertaintyOf
 
@@ -29,7 +28,8 @@ def matchWindowLevel(referenceNode, volumeNode) -> None:
 def showComparison(applicationLogic, inputNode, enhancedNode, overlayNode=None) -> None:
     """Switch to the side-by-side layout with linked Red (input) and Yellow (enhanced) views.
 
-    ``overlayNode`` (from ``overlayVolume``) is blended over the enhanced volume in Yellow.
+    ``overlayNode`` (from ``overlayVolume``) is blended over the enhanced volume in Yellow. Fitting the views
+    to the volumes is left to the caller (``slicer.util.resetSliceViews()`` in the application).
     """
     scene = inputNode.GetScene()
     for node in (inputNode, enhancedNode, overlayNode):
@@ -39,14 +39,16 @@ def showComparison(applicationLogic, inputNode, enhancedNode, overlayNode=None) 
     layoutNode = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
     layoutNode.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
     red, yellow = (applicationLogic.GetSliceLogicByLayoutName(name) for name in ("Red", "Yellow"))
-    # same orientation in both views, or linked scrolling would move through different planes
-    yellow.GetSliceNode().SetOrientation(red.GetSliceNode().GetOrientationString())
+    # the same plane in both views, or linked scrolling would move through different planes; copying the
+    # matrix also covers an oblique (reformatted) Red view, which has no orientation preset to name
+    yellowNode = yellow.GetSliceNode()
+    yellowNode.GetSliceToRAS().DeepCopy(red.GetSliceNode().GetSliceToRAS())
+    yellowNode.UpdateMatrices()
     for logic, background in ((red, inputNode), (yellow, enhancedNode)):
         composite = logic.GetSliceCompositeNode()
         composite.SetBackgroundVolumeID(background.GetID())
         composite.SetForegroundVolumeID(None)
         composite.SetLinkedControl(True)
-        logic.FitSliceToBackground()
     if overlayNode is not None:
         composite = yellow.GetSliceCompositeNode()
         composite.SetForegroundVolumeID(overlayNode.GetID())
@@ -102,6 +104,8 @@ def differenceVolume(inputNode, enhancedNode):
     For super-resolution the input is first brought onto the fine grid with the engine's own interpolation,
     so the difference shows what the model added beyond plain interpolation.
     """
+    from sdenhance.io import resample_onto  # imports SimpleITK: only when a difference is asked for
+
     inputVolume = engineVolume(inputNode).with_array(slicer.util.arrayFromVolume(inputNode))
     enhancedVolume = engineVolume(enhancedNode).with_array(slicer.util.arrayFromVolume(enhancedNode))
     if inputVolume.array.shape != enhancedVolume.array.shape:

@@ -1,8 +1,9 @@
 """Python packages the worker needs in Slicer's Python, checked from package metadata (nothing is imported).
 
 Installing is only ever done after the user agreed, from an explicit call (never at module import): torch
-through the PyTorch extension when it is installed (it picks the build matching the GPU driver), the rest
-through ``slicer.packaging.pip_ensure`` (Slicer 5.12 and later) or ``slicer.util.pip_install``.
+with light-the-torch, which picks the build matching the GPU driver (the PyTorch extension's method, but in
+a process of its own: the extension imports torch into Slicer), the rest through
+``slicer.packaging.pip_ensure`` (Slicer 5.12 and later) or ``slicer.util.pip_install``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,26 @@ def missingRequirements(requirements: list[Requirement]) -> list[Requirement]:
     return [r for r in requirements if not isSatisfied(r)]
 
 
-def ensureDependencies(confirm: Callable[[str], bool], requirements: list[Requirement] | None = None) -> bool:
-    """Install what is missing if ``confirm(question)`` agrees; True when everything is then present."""
+def installPlan(missing: list[Requirement]) -> list[tuple[str, list[Requirement]]]:
+    """The install steps for ``missing``: (what to tell the user meanwhile, requirements), torch first."""
+    torch = [r for r in missing if r.name == "torch"]
+    others = [r for r in missing if r.name != "torch"]
+    steps = []
+    if torch:
+        steps.append(("Installing PyTorch (a download of up to a few GB: this can take many minutes)…", torch))
+    if others:
+        names = ", ".join(r.name for r in others)
+        steps.append((f"Installing {names} (this can take a few minutes)…", others))
+    return steps
+
+
+def ensureDependencies(
+    confirm: Callable[[str], bool],
+    requirements: list[Requirement] | None = None,
+    onStatus: Callable[[str], None] | None = None,
+) -> bool:
+    """Install what is missing if ``confirm(question)`` agrees, telling ``onStatus`` what each step does;
+    True when everything is then present."""
     requirements = readRequirements() if requirements is None else requirements
     missing = missingRequirements(requirements)
     if not missing:
@@ -49,24 +68,25 @@ def ensureDependencies(confirm: Callable[[str], bool], requirements: list[Requir
     if not confirm(question):
         logging.info("Installation of %s declined", names)
         return False
-    torch = [r for r in missing if r.name == "torch"]
-    if torch:
-        installTorch(torch[0])
-    others = [r for r in missing if r.name != "torch"]
-    if others:
-        installPackages(others)
+    for status, group in installPlan(missing):
+        logging.info(status)
+        if onStatus:
+            onStatus(status)
+        if group[0].name == "torch":
+            installTorch(group[0])
+        else:
+            installPackages(group)
     return not missingRequirements(requirements)
 
 
 def installTorch(requirement: Requirement) -> None:
-    if importlib.util.find_spec("PyTorchUtils") is not None:
-        import PyTorchUtils
+    """PyTorch through light-the-torch, run as PythonSlicer's own process: torch is never imported here."""
+    import slicer
 
-        PyTorchUtils.PyTorchUtilsLogic().installTorch(
-            askConfirmation=False, torchVersionRequirement=str(requirement.specifier)
-        )
-    else:
-        installPackages([requirement])
+    from .worker import launchEngine
+
+    slicer.util.pip_install("light-the-torch>=0.5")
+    slicer.util.logProcessOutput(launchEngine(["-m", "light_the_torch", "install", str(requirement)]))
 
 
 def installPackages(requirements: list[Requirement]) -> None:

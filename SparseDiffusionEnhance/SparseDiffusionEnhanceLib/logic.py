@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -18,24 +19,32 @@ from .volumes import (
     setProvenance,
     uncertaintyOf,
 )
-from .worker import WorkerError, WorkerProcess, defaultPythonExecutable, waitUntilFinished
+from .worker import WorkerError, WorkerProcess, waitUntilFinished
 
 
 class Phase(enum.Enum):
     STARTING = "starting"
     RUNNING = "running"
     IMPORTING = "importing"
+    CANCELLING = "cancelling"  # the worker was asked to stop and has not exited yet
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+def isInScene(node) -> bool:
+    """False for a node that was removed from its scene (Slicer keeps the Python object alive)."""
+    return node is not None and node.GetScene() is not None
 
 
 class EnhanceJob:
     """One volume node enhanced by a worker process.
 
     ``start()`` exports the input and launches the worker; ``poll()``, called periodically on the main thread,
-    follows its progress and imports the result when it ends; ``onChange(job)`` hears of every change.
-    The scene is only modified when a result is imported, so a failed or cancelled run leaves it as it was.
+    follows its progress and imports the result when it ends; ``onChange(job)`` hears of every change and
+    ``onOutput(line)`` of every line of the worker's log. The scene is only modified when a result is
+    imported, so a failed or cancelled run leaves it as it was. Removing the input or the output volume from
+    the scene while the job runs stops the worker and fails the job.
     """
 
     def __init__(
@@ -46,17 +55,20 @@ class EnhanceJob:
         python: str | None = None,
         tempRoot: str | None = None,
         onChange: Callable[[EnhanceJob], None] | None = None,
+        onOutput: Callable[[str], None] | None = None,
     ):
         self.inputNode = inputNode
         self.settings = settings
         self.outputNode = outputNode
-        self.python = python or defaultPythonExecutable()
+        self.python = python
         self.tempRoot = tempRoot
         self.onChange = onChange
+        self.onOutput = onOutput
         self.phase = Phase.STARTING
         self.error: WorkerError | None = None
         self.folder: Path | None = None
         self.worker: WorkerProcess | None = None
+        self._stopReason: WorkerError | None = None  # why a stop that the user did not ask for was made
 
     @property
     def progress(self):
@@ -81,6 +93,7 @@ class EnhanceJob:
                 self.settings.workerEnvironment(),
                 self.python,
                 onEvent=lambda event: self._notify(),
+                onOutput=self.onOutput,
             )
             self.worker.start()
         except Exception:
@@ -91,6 +104,14 @@ class EnhanceJob:
 
     def poll(self) -> bool:
         """Follow the worker; True while the job is not finished."""
+        if self.phase == Phase.RUNNING and self._removedNode():
+            self._stopReason = WorkerError("scene", f"{self._removedNode()} was removed from the scene during the run.")
+            self.cancel()
+        if self.phase == Phase.CANCELLING:
+            if self.worker.poll():
+                return True
+            self._end(Phase.FAILED if self._stopReason else Phase.CANCELLED, self._stopReason or self.worker.error)
+            return False
         if self.phase != Phase.RUNNING:
             return not self.finished
         if self.worker.poll():
@@ -101,7 +122,8 @@ class EnhanceJob:
         self._setPhase(Phase.IMPORTING)
         try:
             self._importResult(self.resultPath)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # whatever went wrong, the job must end and its files go
+            logging.exception("Could not load the result")
             self._end(Phase.FAILED, WorkerError("internal", f"Could not load the result: {exc}", self.worker.log()))
         else:
             self._end(Phase.DONE)
@@ -113,11 +135,22 @@ class EnhanceJob:
         return self.outputNode
 
     def cancel(self) -> None:
-        if self.finished:
+        """Ask the worker to stop and return at once; ``poll()`` ends the job when the worker has exited."""
+        if self.finished or self.phase == Phase.CANCELLING:
             return
-        if self.worker:
-            self.worker.cancel()
-        self._end(Phase.CANCELLED, WorkerError.cancelled())
+        if self.worker is None:
+            self._end(Phase.CANCELLED, WorkerError.cancelled())
+            return
+        self.worker.cancel()
+        self._setPhase(Phase.CANCELLING)
+
+    def _removedNode(self) -> str:
+        """Which of the job's volumes is no longer in the scene ("" when both are)."""
+        if not isInScene(self.inputNode):
+            return f"The input volume '{self.inputNode.GetName()}'"
+        if self.outputNode is not None and not isInScene(self.outputNode):
+            return f"The output volume '{self.outputNode.GetName()}'"
+        return ""
 
     def _importResult(self, path: Path) -> None:
         self.settings = self.settings.asRun(self.worker.finished)  # the SR factor may have been the model's
@@ -141,7 +174,9 @@ class EnhanceJob:
                 importResult(uncertaintyPath(path), self.inputNode, spread, self.settings)
                 self.outputNode.SetNodeReferenceID(UNCERTAINTY_REFERENCE, spread.GetID())
                 imported.append(spread)
-        except (OSError, ValueError):
+            else:  # an earlier run's spread does not describe this result
+                self.outputNode.RemoveNodeReferenceIDs(UNCERTAINTY_REFERENCE)
+        except Exception:
             for node in created:
                 scene.RemoveNode(node)
             if self.outputNode in created:
@@ -182,8 +217,12 @@ class EnhanceLogic:
     """Batch entry points; the module's Logic class is a thin Slicer facade over this."""
 
     def __init__(self, python: str | None = None, tempRoot: str | None = None):
-        self.python = python or defaultPythonExecutable()
+        self.python = python  # None: PythonSlicer inside Slicer, this interpreter elsewhere (when a worker starts)
         self.tempRoot = tempRoot
+
+    def startJob(self, inputNode, settings: EnhanceSettings, outputNode=None, onChange=None, onOutput=None):
+        """Export ``inputNode`` and start the worker; the running EnhanceJob (see its ``poll()``)."""
+        return EnhanceJob(inputNode, settings, outputNode, self.python, self.tempRoot, onChange, onOutput).start()
 
     def enhance(
         self,
@@ -195,20 +234,15 @@ class EnhanceLogic:
         onChange: Callable[[EnhanceJob], None] | None = None,
         **settings,
     ):
-        """Enhance a volume node. ``settings``: factor, axis, steps, patch, overlap, seed, device, samples (with
-        2 or more, ``uncertaintyOf(outputNode)`` is their spread).
+        """Enhance a volume node. ``settings``: factor, axis, steps, patch, overlap, seed, device, gpu, samples
+        (with 2 or more, ``uncertaintyOf(outputNode)`` is their spread).
 
         With ``wait=True`` returns the output node (a new one unless ``outputNode`` is given); otherwise the
         started EnhanceJob, whose ``poll()`` must then be called periodically (e.g. from a QTimer).
         """
-        job = EnhanceJob(
-            inputNode,
-            EnhanceSettings(task=task, checkpoint=checkpoint, **settings),
-            outputNode,
-            self.python,
-            self.tempRoot,
-            onChange,
-        ).start()
+        job = self.startJob(
+            inputNode, EnhanceSettings(task=task, checkpoint=checkpoint, **settings), outputNode, onChange
+        )
         return job.wait() if wait else job
 
     def enhanceFiles(

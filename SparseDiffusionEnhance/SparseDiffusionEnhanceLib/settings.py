@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import shutil
+import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,6 +36,33 @@ class Device(enum.Enum):
 
     def label(self) -> str:
         return {"auto": "Auto (GPU if available)", "cpu": "CPU", "cuda": "GPU (CUDA)"}[self.value]
+
+
+def parseGpuList(text: str) -> list[str]:
+    """GPU names, position = index, from ``nvidia-smi --query-gpu=index,name --format=csv,noheader``."""
+    return [line.split(",", 1)[1].strip() for line in text.splitlines() if "," in line]
+
+
+def listGpus() -> list[str]:
+    """The NVIDIA GPUs, in the order the worker numbers them (PCI bus); [] where nvidia-smi is missing or fails.
+
+    Asks nvidia-smi rather than torch, which must never load into Slicer's process.
+    """
+    nvidiaSmi = shutil.which("nvidia-smi")
+    if nvidiaSmi is None:
+        return []
+    try:
+        output = subprocess.run(
+            [nvidiaSmi, "--query-gpu=index,name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # no console window flashing on Windows
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return parseGpuList(output)
 
 
 #: File name endings the engine can write.
@@ -69,6 +98,7 @@ class EnhanceSettings:
     overlap: float = 0.25
     seed: int = 0
     device: Device = Device.AUTO
+    gpu: int = 0  # which GPU (nvidia-smi's index) when device is GPU
     samples: int = 1  # > 1: the result is their mean and their spread comes back as an uncertainty volume
 
     def __post_init__(self):
@@ -79,8 +109,8 @@ class EnhanceSettings:
         object.__setattr__(self, "checkpoint", str(self.checkpoint or ""))
         if self.factor not in (0, *SR_FACTORS):
             raise ValueError(f"factor {self.factor}: super-resolution supports x2 and x4 (0: the model's own)")
-        if self.steps < 0 or self.patch < 0 or self.seed < 0:
-            raise ValueError("steps, patch and seed must not be negative")
+        if self.steps < 0 or self.patch < 0 or self.seed < 0 or self.gpu < 0:
+            raise ValueError("steps, patch, seed and gpu must not be negative")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap {self.overlap} must be in [0, 1)")
         if not 1 <= self.samples <= MAX_SAMPLES:
@@ -127,8 +157,13 @@ class EnhanceSettings:
 
     def workerEnvironment(self) -> dict[str, str]:
         """Variables to add to the worker's environment."""
-        # a CPU run must not even initialise CUDA: that costs seconds and GPU memory other apps may need
-        return {"CUDA_VISIBLE_DEVICES": "-1"} if self.device == Device.CPU else {}
+        if self.device == Device.CPU:
+            # a CPU run must not even initialise CUDA: that costs seconds and GPU memory other apps may need
+            return {"CUDA_VISIBLE_DEVICES": "-1"}
+        if self.device == Device.GPU:
+            # the worker then sees only the chosen GPU, numbered as nvidia-smi (and listGpus) number them
+            return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(self.gpu)}
+        return {}
 
     def describe(self) -> str:
         """Short label for node names: "denoise" or "super-resolution x2 z"."""

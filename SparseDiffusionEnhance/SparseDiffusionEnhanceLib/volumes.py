@@ -8,13 +8,16 @@ the result in the patient.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import slicer
 import vtk
-from sdenhance.io import Volume, fine_grid
 
 from .settings import EnhanceSettings, Task
+
+if TYPE_CHECKING:
+    from sdenhance.io import Volume
 
 #: Node attribute prefix of the provenance written on each result.
 ATTRIBUTE_PREFIX = "SparseDiffusionEnhance."
@@ -37,8 +40,18 @@ def exportVolume(volumeNode, folder: Path, name: str = "input.nrrd") -> Path:
     return path
 
 
+def readVolumeFile(path: Path, volumeNode) -> None:
+    """Load a file the worker wrote into ``volumeNode`` (no storage node is left in the scene)."""
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    if not storage.ReadData(volumeNode):
+        raise OSError(f"could not read the worker's file {path}")
+
+
 def engineVolume(volumeNode) -> Volume:
     """The node's grid as an ``sdenhance`` Volume (LPS, ITK order) without copying voxels."""
+    from sdenhance.io import Volume  # imports SimpleITK: only when needed, not at every Slicer start
+
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASDirectionMatrix(matrix)
     directionsRAS = np.array([[matrix.GetElement(r, c) for c in range(3)] for r in range(3)])
@@ -68,6 +81,8 @@ def expectedGrid(inputNode, settings: EnhanceSettings) -> Volume:
     """Grid of the result: the input's (denoise), or the engine's finer SR grid over the same extent."""
     grid = engineVolume(inputNode)
     if settings.task == Task.SR:
+        from sdenhance.io import fine_grid
+
         grid = fine_grid(grid, settings.factor, settings.axis.value)
     return grid
 
@@ -75,10 +90,7 @@ def expectedGrid(inputNode, settings: EnhanceSettings) -> Volume:
 def importResult(path: Path, inputNode, outputNode, settings: EnhanceSettings):
     """Load the worker's file into ``outputNode`` and give it the geometry derived from ``inputNode``."""
     grid = expectedGrid(inputNode, settings)
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetFileName(str(path))
-    if not storage.ReadData(outputNode):
-        raise OSError(f"could not read the worker's result {path}")
+    readVolumeFile(path, outputNode)
     received = tuple(reversed(outputNode.GetImageData().GetDimensions()))
     if received != grid.array.shape:
         raise ValueError(f"the worker returned a {received} volume, expected {grid.array.shape}")
@@ -101,7 +113,11 @@ def placeBesideInput(outputNode, inputNode) -> None:
 
 
 def setProvenance(outputNode, inputNode, settings: EnhanceSettings, finished: dict) -> None:
-    """Record how the result was made, as node attributes (saved with the scene)."""
+    """Record how the result was made, as node attributes (saved with the scene), replacing those of any
+    earlier run into the same node."""
+    for name in outputNode.GetAttributeNames() or ():
+        if name.startswith(ATTRIBUTE_PREFIX):
+            outputNode.RemoveAttribute(name)
     values = {
         "input": inputNode.GetName(),
         "task": settings.task.value,

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import slicer
+from sdenhance.errors import EXIT_KINDS  # torch-free: the table the engine's exit codes come from
 
-#: Worker exit codes (see ``sdenhance.cli``) and the kind of problem each one means.
-EXIT_KINDS = {1: "internal", 2: "input", 3: "checkpoint", 4: "memory"}
 LOG_TAIL_LINES = 40
+#: Seconds a cancelled worker has to exit on its own (the engine removes partial outputs on SIGTERM).
+TERMINATE_GRACE_S = 10.0
 
 ADVICE = {
     "input": "Check that the input is a 3D scalar volume.",
@@ -37,9 +38,36 @@ def moduleDirectory() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+def insideSlicer() -> bool:
+    """True in Slicer's application; False with the slicer-core wheel or in PythonSlicer (no ``slicer.app``)."""
+    return hasattr(slicer, "app")
+
+
 def defaultPythonExecutable() -> str:
     """PythonSlicer inside Slicer (it sets up Slicer's Python paths); the current interpreter elsewhere."""
-    return shutil.which("PythonSlicer") or sys.executable
+    if not insideSlicer():
+        return sys.executable
+    # inside Slicer sys.executable is the application itself: starting it would open a second Slicer
+    python = shutil.which("PythonSlicer")
+    if python is None:
+        raise RuntimeError(
+            "PythonSlicer, the Python interpreter that runs the engine, is not on PATH. "
+            "Start Slicer with its launcher (Slicer or Slicer.exe), not the SlicerApp-real executable."
+        )
+    return python
+
+
+def launchEngine(arguments: list[str], environment: dict[str, str] | None = None, python: str | None = None):
+    """Start ``python *arguments`` with the ``sdenhance`` package beside this module importable; output as text
+    lines on ``stdout`` (stderr merged into it)."""
+    # the engine is imported from beside this module, whatever PYTHONPATH said before
+    environment = {**(environment or {}), "PYTHONPATH": str(moduleDirectory()), "PYTHONUNBUFFERED": "1"}
+    return slicer.util.launchConsoleProcess(
+        [python or defaultPythonExecutable(), *arguments],
+        # inside Slicer start from the environment Slicer was launched with: PythonSlicer sets its own paths
+        useStartupEnvironment=insideSlicer(),
+        updateEnvironment=environment,
+    )
 
 
 def parseEvent(line: str) -> dict | None:
@@ -101,13 +129,19 @@ class WorkerError(RuntimeError):
         return f"{self.message}\n\n{advice}".strip()
 
 
+def pollUntilFinished(task, interval: float = 0.1) -> None:
+    """Poll a WorkerProcess or EnhanceJob until it has ended."""
+    while task.poll():
+        time.sleep(interval)
+
+
 def waitUntilFinished(task, interval: float = 0.1) -> None:
     """Poll a WorkerProcess or EnhanceJob until it ends; raise its error, if any."""
     try:
-        while task.poll():
-            time.sleep(interval)
+        pollUntilFinished(task, interval)
     except BaseException:  # e.g. KeyboardInterrupt: never leave a worker behind
         task.cancel()
+        pollUntilFinished(task, interval)
         raise
     if task.error:
         raise task.error
@@ -117,13 +151,15 @@ def waitUntilFinished(task, interval: float = 0.1) -> None:
 class WorkerProcess:
     """One ``python -m sdenhance enhance`` process with JSON-lines progress.
 
-    ``onEvent`` is called from ``poll()`` with each progress event (start, step, done, error).
+    ``onEvent`` is called from ``poll()`` with each progress event (start, step, warning, done, error), and
+    ``onOutput`` with each other line the worker prints (its log).
     """
 
     arguments: list[str]
     environment: dict[str, str] = field(default_factory=dict)
-    python: str = field(default_factory=defaultPythonExecutable)
+    python: str | None = None  # None: defaultPythonExecutable(), resolved when the worker starts
     onEvent: Callable[[dict], None] | None = None
+    onOutput: Callable[[str], None] | None = None
 
     def __post_init__(self):
         self.progress = Progress()
@@ -135,20 +171,20 @@ class WorkerProcess:
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._process = None
         self._reader: threading.Thread | None = None
+        self._cancelledAt: float | None = None
+        self._tree: list = []  # the processes asked to stop; kept, as the launcher's children outlive it
+        self._killed = False
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    @property
+    def cancelling(self) -> bool:
+        return self._cancelledAt is not None and self.returncode is None
+
     def start(self) -> None:
-        # the worker imports sdenhance from beside this module, whatever PYTHONPATH said before
-        environment = {**self.environment, "PYTHONPATH": str(moduleDirectory()), "PYTHONUNBUFFERED": "1"}
-        self._process = slicer.util.launchConsoleProcess(
-            [self.python, *self.arguments],
-            # inside Slicer start from the environment Slicer was launched with: PythonSlicer sets its own paths
-            useStartupEnvironment=hasattr(slicer, "app"),
-            updateEnvironment=environment,
-        )
+        self._process = launchEngine(self.arguments, self.environment, self.python)
         self._reader = threading.Thread(target=self._readOutput, name="SparseDiffusionEnhance worker", daemon=True)
         self._reader.start()
 
@@ -167,6 +203,9 @@ class WorkerProcess:
         """Handle the output received so far; True while the worker is still running."""
         if self.returncode is not None:
             return False
+        if self.cancelling and not self._killed and time.monotonic() - self._cancelledAt > TERMINATE_GRACE_S:
+            self._killed = True
+            self._signal(self._tree, "kill")
         while True:
             try:
                 line = self._lines.get_nowait()
@@ -182,32 +221,40 @@ class WorkerProcess:
         waitUntilFinished(self)
 
     def cancel(self) -> None:
-        """Kill the worker and everything it started (PythonSlicer is a launcher, not the worker itself)."""
-        if self._process is None or self.returncode is not None:
+        """Ask the worker and everything it started to stop, and return at once; ``poll()`` sees it end.
+
+        SIGTERM first, so the engine removes partial outputs; whatever still runs after TERMINATE_GRACE_S is
+        killed from ``poll()``. The whole tree, since PythonSlicer is a launcher, not the worker itself.
+        """
+        if self._process is None or self.returncode is not None or self._cancelledAt is not None:
             return
         import psutil  # only needed here; installed with the module's requirements
 
+        self._cancelledAt = time.monotonic()
         try:
             root = psutil.Process(self._process.pid)
-            processes = [*root.children(recursive=True), root]
+            self._tree = [*root.children(recursive=True), root]
         except psutil.NoSuchProcess:
-            processes = []
+            self._tree = []
+        self._signal(self._tree, "terminate")
+
+    @staticmethod
+    def _signal(processes, action: str) -> None:
+        import psutil
+
         for process in processes:
             try:
-                process.kill()
+                getattr(process, action)()
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(processes, timeout=10)
-        self._process.wait()
-        self._reader.join(timeout=10)
-        self.returncode = self._process.returncode
-        self.error = WorkerError.cancelled()
 
     def _handleLine(self, line: str) -> None:
         event = parseEvent(line)
         if event is None:
             self.logTail.append(line)
             logging.info("[sdenhance] %s", line)
+            if self.onOutput:
+                self.onOutput(line)
             return
         kind = event["event"]
         if kind == "start":
@@ -227,6 +274,9 @@ class WorkerProcess:
 
     def _finish(self, returncode: int) -> None:
         self.returncode = returncode
+        if self._cancelledAt is not None:
+            self.error = WorkerError.cancelled()
+            return
         if returncode == 0 and self.finished:
             return
         if self.error is None:

@@ -103,3 +103,32 @@ def test_uncertainty_overlay_shows_the_results_spread_from_zero(applicationLogic
     yellow = applicationLogic.GetSliceLogicByLayoutName("Yellow").GetSliceCompositeNode()
     assert yellow.GetForegroundVolumeID() == spread.GetID()
     assert overlayVolume(obliqueVolume, enhanced, Overlay.NONE) is None
+
+
+def test_an_oblique_red_view_is_matched_in_yellow_and_they_scroll_together(applicationLogic, obliqueVolume, scene):
+    import vtk
+
+    red, yellow = (applicationLogic.GetSliceLogicByLayoutName(n) for n in ("Red", "Yellow"))
+    redNode, yellowNode = red.GetSliceNode(), yellow.GetSliceNode()
+    rotation = vtk.vtkTransform()  # a reformatted Red view: no orientation preset names this plane
+    rotation.RotateX(25)
+    rotation.RotateY(-40)
+    redNode.GetSliceToRAS().DeepCopy(rotation.GetMatrix())
+    redNode.UpdateMatrices()
+    assert redNode.GetOrientation() == "Reformat"
+
+    showComparison(applicationLogic, obliqueVolume, enhancedCopy(obliqueVolume))
+
+    np.testing.assert_allclose(
+        slicer.util.arrayFromVTKMatrix(yellowNode.GetSliceToRAS()),
+        slicer.util.arrayFromVTKMatrix(redNode.GetSliceToRAS()),
+    )
+    redNode.SetInteractionFlags(redNode.SliceToRASFlag)
+    redNode.SetInteracting(True)
+    red.SetSliceOffset(red.GetSliceOffset() + 4.0)
+    redNode.SetInteracting(False)
+    np.testing.assert_allclose(
+        slicer.util.arrayFromVTKMatrix(yellowNode.GetSliceToRAS()),
+        slicer.util.arrayFromVTKMatrix(redNode.GetSliceToRAS()),
+        atol=1e-9,
+    )

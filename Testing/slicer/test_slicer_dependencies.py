@@ -11,7 +11,12 @@ from sde_slicer_helpers import REPO, SLICER_CORE_MISSING
 
 pytest.importorskip("slicer", reason=SLICER_CORE_MISSING)
 
-from SparseDiffusionEnhanceLib import ensureDependencies, missingRequirements, readRequirements  # noqa: E402
+from SparseDiffusionEnhanceLib import (  # noqa: E402
+    ensureDependencies,
+    installPlan,
+    missingRequirements,
+    readRequirements,
+)
 
 
 def test_module_requirements_match_the_engine_package():
@@ -36,7 +41,7 @@ def test_nothing_is_asked_when_everything_is_installed():
     def confirm(question):
         raise AssertionError("asked although nothing is missing")
 
-    assert ensureDependencies(confirm, [Requirement("packaging>=1")])
+    assert ensureDependencies(confirm, [Requirement("packaging>=1")], onStatus=confirm)
 
 
 def test_declining_installs_nothing():
@@ -44,8 +49,21 @@ def test_declining_installs_nothing():
     absent = Requirement("sdenhance-no-such-distribution>=1")
     modulesBefore = set(sys.modules)
 
-    assert not ensureDependencies(lambda q: questions.append(q) or False, [absent, Requirement("packaging")])
+    statuses = []
+    assert not ensureDependencies(
+        lambda q: questions.append(q) or False, [absent, Requirement("packaging")], onStatus=statuses.append
+    )
 
     assert len(questions) == 1 and "sdenhance-no-such-distribution>=1" in questions[0]
     assert "packaging" not in questions[0].split(":", 1)[1]  # only what is missing is offered
+    assert statuses == []  # nothing is said to be installing
     assert not {"torch", "PyTorchUtils", "slicer.packaging"} & (set(sys.modules) - modulesBefore)
+
+
+def test_the_install_steps_say_what_is_being_installed_torch_first():
+    steps = installPlan([Requirement("monai>=1.4"), Requirement("torch>=2.2"), Requirement("psutil>=5.9")])
+    assert [[str(r) for r in group] for _, group in steps] == [["torch>=2.2"], ["monai>=1.4", "psutil>=5.9"]]
+    assert "PyTorch" in steps[0][0] and "many minutes" in steps[0][0]
+    assert "monai, psutil" in steps[1][0]
+    assert [group for _, group in installPlan([Requirement("safetensors")])] == [[Requirement("safetensors")]]
+    assert installPlan([]) == []

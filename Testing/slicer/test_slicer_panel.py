@@ -26,7 +26,8 @@ def uiWidgets() -> dict[str, str | None]:
 
 def parameterFields() -> set[str]:
     tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SparseDiffusionEnhanceParameterNode")
+    classes = (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef))
+    cls = next(n for n in classes if n.name == "SparseDiffusionEnhanceParameterNode")
     return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
 
 

@@ -24,9 +24,11 @@ from SparseDiffusionEnhanceLib import (  # noqa: E402
     WorkerProcess,
     formatDuration,
     parseEvent,
+    pollUntilFinished,
     provenance,
     uncertaintyOf,
 )
+from SparseDiffusionEnhanceLib.worker import LOG_TAIL_LINES  # noqa: E402
 
 
 def test_progress_lines_are_told_apart_from_other_output():
@@ -167,28 +169,67 @@ def launcher(tmp_path):
     return str(path)
 
 
+def processTree(worker, timeout=20.0) -> list:
+    """The worker's launcher and what it started, once the launcher has a child."""
+    launcherProcess = psutil.Process(worker.pid)
+    deadline = time.monotonic() + timeout
+    while not launcherProcess.children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [launcherProcess, *launcherProcess.children(recursive=True)]
+
+
+def alive(processes) -> list:
+    return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="the stand-in launcher is a shell script, the input a FIFO")
-def test_cancel_kills_the_whole_process_tree(tmp_path, launcher):
+def test_cancel_returns_at_once_and_polling_sees_the_whole_tree_end(tmp_path, launcher):
     # a FIFO nobody writes to: the worker blocks reading it, so only Cancel can end it
     blocked = tmp_path / "never-written.nrrd"
     os.mkfifo(blocked)
     worker = WorkerProcess(EnhanceSettings().workerArguments(blocked, tmp_path / "out.nrrd"), python=launcher)
     worker.start()
-    launcherProcess = psutil.Process(worker.pid)
-    deadline = time.monotonic() + 20
-    while not launcherProcess.children() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    tree = [launcherProcess, *launcherProcess.children(recursive=True)]
+    tree = processTree(worker)
     try:
         assert len(tree) >= 2, "the worker did not start under the launcher"
+        asked = time.monotonic()
         worker.cancel()
-        alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        assert alive == []
-        assert worker.error.kind == "cancelled"
+        assert time.monotonic() - asked < 1.0  # the GUI thread is not held while the worker exits
+        assert worker.cancelling
+        waitStarted = time.monotonic()
+        while worker.poll():
+            assert time.monotonic() - waitStarted < 30, "the worker did not exit after SIGTERM"
+            time.sleep(0.05)
+        assert alive(tree) == []
+        assert worker.error.kind == "cancelled" and not worker.cancelling
     finally:
-        for process in tree:  # never leave a blocked worker behind, even when the test fails
-            if process.is_running():
-                process.kill()
+        for process in alive(tree):  # never leave a blocked worker behind, even when the test fails
+            process.kill()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the stand-in worker is a shell script")
+def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path, monkeypatch):
+    import SparseDiffusionEnhanceLib.worker as workerModule
+
+    monkeypatch.setattr(workerModule, "TERMINATE_GRACE_S", 0.5)
+    stubborn = tmp_path / "stubborn.sh"
+    stubborn.write_text('#!/bin/sh\ntrap "" TERM\nsleep 600\n')  # sleep inherits the ignored SIGTERM
+    stubborn.chmod(stubborn.stat().st_mode | stat.S_IEXEC)
+    worker = WorkerProcess([], python=str(stubborn))
+    worker.start()
+    tree = processTree(worker)
+    try:
+        worker.cancel()
+        time.sleep(0.3)
+        assert worker.poll() and alive(tree), "SIGTERM should have been ignored"
+        deadline = time.monotonic() + 10
+        while worker.poll():
+            assert time.monotonic() < deadline, "the worker was not killed after the grace period"
+            time.sleep(0.05)
+        assert alive(tree) == [] and worker.error.kind == "cancelled"
+    finally:
+        for process in alive(tree):
+            process.kill()
 
 
 def test_a_cancelled_job_leaves_the_scene_and_no_files(logic, obliqueVolume, scene, tinyCheckpoints):
@@ -197,6 +238,8 @@ def test_a_cancelled_job_leaves_the_scene_and_no_files(logic, obliqueVolume, sce
     assert job.phase == Phase.RUNNING and job.folder.is_dir()
 
     job.cancel()
+    assert job.phase == Phase.CANCELLING and job.folder.is_dir()  # files go once the worker has exited
+    pollUntilFinished(job, interval=0.05)
 
     assert job.phase == Phase.CANCELLED and job.error.kind == "cancelled"
     assert not psutil.pid_exists(job.worker.pid) or psutil.Process(job.worker.pid).status() == psutil.STATUS_ZOMBIE
@@ -232,3 +275,110 @@ def test_enhance_files_with_samples_writes_uncertainty_beside_each_result(
     written = logic.enhanceFiles([scan], tmp_path / "out", checkpoint=str(tinyCheckpoints["denoise"]), samples=2)
     assert written == [tmp_path / "out" / "scan_enhanced_denoise.nrrd"]
     assert (tmp_path / "out" / "scan_enhanced_denoise_uncertainty.nrrd").is_file()
+
+
+@pytest.mark.parametrize("removed", ["input", "output"])
+def test_removing_a_volume_during_a_run_fails_the_job_and_cleans_up(
+    logic, obliqueVolume, scene, tinyCheckpoints, removed
+):
+    output = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "chosen output")
+    nodesBefore = scene.GetNumberOfNodes()
+    job = logic.enhance(
+        obliqueVolume, checkpoint=str(tinyCheckpoints["denoise"]), outputNode=output, device="cpu", wait=False
+    )
+    worker = job.worker
+    assert job.phase == Phase.RUNNING
+
+    scene.RemoveNode(obliqueVolume if removed == "input" else output)
+    pollUntilFinished(job, interval=0.05)
+
+    assert job.phase == Phase.FAILED and job.error.kind == "scene"
+    name = "CT oblique" if removed == "input" else "chosen output"
+    assert f"The {removed} volume '{name}' was removed from the scene" in job.error.message
+    assert not worker.cancelling and worker.returncode is not None  # the worker was stopped, not left running
+    assert os.listdir(logic.tempRoot) == []
+    assert scene.GetNumberOfNodes() == nodesBefore - 1
+
+
+def test_an_unexpected_error_while_importing_fails_the_job_and_cleans_up(
+    logic, obliqueVolume, scene, tinyCheckpoints, monkeypatch
+):
+    import SparseDiffusionEnhanceLib.logic as logicModule
+
+    def broken(*args):
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(logicModule, "importResult", broken)
+    nodesBefore = scene.GetNumberOfNodes()
+    job = logic.enhance(obliqueVolume, checkpoint=str(tinyCheckpoints["denoise"]), device="cpu", wait=False)
+    pollUntilFinished(job, interval=0.05)
+
+    assert job.phase == Phase.FAILED and "Could not load the result: unexpected" in job.error.message
+    assert os.listdir(logic.tempRoot) == []
+    assert scene.GetNumberOfNodes() == nodesBefore  # the node made for the result was removed again
+
+
+def test_a_reused_output_loses_the_previous_runs_attributes(logic, obliqueVolume, scene, tinyCheckpoints):
+    output = logic.enhance(
+        obliqueVolume, task="sr", checkpoint=str(tinyCheckpoints["sr"]), factor=2, device="cpu", samples=2
+    )
+    assert uncertaintyOf(output) is not None and provenance(output)["factor"] == "2"
+
+    logic.enhance(obliqueVolume, checkpoint=str(tinyCheckpoints["denoise"]), outputNode=output, device="cpu")
+
+    attributes = provenance(output)
+    assert attributes["task"] == "denoise" and attributes["samples"] == "1"
+    assert "factor" not in attributes and "axis" not in attributes
+    assert uncertaintyOf(output) is None
+    assert output.GetImageData().GetDimensions() == obliqueVolume.GetImageData().GetDimensions()
+
+
+def test_inside_slicer_the_worker_never_falls_back_to_the_application(monkeypatch, tmp_path):
+    from SparseDiffusionEnhanceLib import defaultPythonExecutable
+
+    assert defaultPythonExecutable() == sys.executable  # slicer-core: no application, this interpreter
+    monkeypatch.setattr(slicer, "app", object(), raising=False)  # inside Slicer, sys.executable is Slicer
+    monkeypatch.setenv("PATH", str(tmp_path))  # no PythonSlicer on it
+    with pytest.raises(RuntimeError, match="PythonSlicer.*is not on PATH"):
+        defaultPythonExecutable()
+    pythonSlicer = tmp_path / "PythonSlicer"
+    pythonSlicer.write_text("#!/bin/sh\n")
+    pythonSlicer.chmod(0o755)
+    assert defaultPythonExecutable() == str(pythonSlicer)
+
+
+def test_worker_output_reaches_the_live_log(logic, obliqueVolume, scene, tmp_path):
+    lines = []
+    job = logic.startJob(
+        obliqueVolume,
+        EnhanceSettings(checkpoint=str(tmp_path / "missing.safetensors"), device="cpu"),
+        onOutput=lines.append,
+    )
+    pollUntilFinished(job, interval=0.05)
+    assert job.phase == Phase.FAILED
+    assert any(line.startswith("error:") and "not found" in line for line in lines)  # as the worker printed it
+    assert not any(line.startswith('{"event"') for line in lines)  # progress events stay out of the log
+    assert job.error.logTail.splitlines() == lines[-LOG_TAIL_LINES:]
+
+
+def test_the_gpu_choice_reaches_the_worker_and_a_cpu_run_hides_cuda():
+    assert EnhanceSettings(device="cuda", gpu=2).workerEnvironment() == {
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "CUDA_VISIBLE_DEVICES": "2",
+    }
+    assert EnhanceSettings(device="cpu", gpu=2).workerEnvironment() == {"CUDA_VISIBLE_DEVICES": "-1"}
+    assert EnhanceSettings(device="auto").workerEnvironment() == {}
+    with pytest.raises(ValueError, match="must not be negative"):
+        EnhanceSettings(gpu=-1)
+
+
+def test_gpus_are_listed_from_nvidia_smi_without_torch():
+    from SparseDiffusionEnhanceLib import listGpus, parseGpuList
+
+    assert parseGpuList("0, NVIDIA RTX A6000\n1, NVIDIA GeForce RTX 4090\n") == [
+        "NVIDIA RTX A6000",
+        "NVIDIA GeForce RTX 4090",
+    ]
+    assert parseGpuList("") == []
+    gpus = listGpus()  # [] on a machine without nvidia-smi
+    assert isinstance(gpus, list) and all(isinstance(name, str) and name for name in gpus)
