@@ -8,7 +8,7 @@ import sys
 
 from .comparison import Overlay, differenceVolume, overlayVolume, showComparison, uncertaintyVolume
 from .dependencies import ensureDependencies, installPlan, missingRequirements, readRequirements
-from .logic import EnhanceJob, EnhanceLogic, Phase, isInScene, outputPathFor
+from .logic import EnhanceJob, EnhanceLogic, Phase, outputPathFor
 from .sampledata import SAMPLE_NAME, loadLowDosePhantom
 from .settings import MAX_SAMPLES, SR_FACTORS, Axis, Device, EnhanceSettings, Task, listGpus, parseGpuList
 from .volumes import exportVolume, importResult, inputOf, provenance, uncertaintyOf
@@ -57,7 +57,6 @@ __all__ = [
     "importResult",
     "inputOf",
     "installPlan",
-    "isInScene",
     "launchEngine",
     "listGpus",
     "loadLowDosePhantom",

@@ -104,8 +104,9 @@ class EnhanceJob:
 
     def poll(self) -> bool:
         """Follow the worker; True while the job is not finished."""
-        if self.phase == Phase.RUNNING and self._removedNode():
-            self._stopReason = WorkerError("scene", f"{self._removedNode()} was removed from the scene during the run.")
+        removed = self._removedNode() if self.phase == Phase.RUNNING else ""
+        if removed:  # the result would have nowhere to go: stop the worker, then fail
+            self._stopReason = WorkerError("scene", f"{removed} was removed from the scene during the run.")
             self.cancel()
         if self.phase == Phase.CANCELLING:
             if self.worker.poll():
