@@ -756,8 +756,18 @@ class SparseDiffusionEnhanceTest(ScriptedLoadableModuleTest):
             self.assertIsNotNone(result, widget.ui.statusLabel.text)
             self.assertEqual(inputOf(result).GetID(), volume.GetID())
             self.assertTrue(widget.ui.statusLabel.text.startswith("Done in"), widget.ui.statusLabel.text)
-            layout = slicer.app.layoutManager().layout
-            self.assertEqual(layout, slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+            layoutManager = slicer.app.layoutManager()
+            self.assertEqual(layoutManager.layout, slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+
+            # a run that ends while the user works in another module leaves that module's layout alone
+            slicer.util.selectModule("Data")
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+            widget.ui.applyButton.click()
+            self.waitUntilIdle(widget)
+            self.assertNotEqual(parameters.resultVolume.GetID(), result.GetID())
+            self.assertEqual(layoutManager.layout, slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+            slicer.util.selectModule("SparseDiffusionEnhance")
+            result = parameters.resultVolume
 
             nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
             widget.ui.applyButton.click()
