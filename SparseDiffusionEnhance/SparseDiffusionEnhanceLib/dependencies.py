@@ -16,6 +16,8 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
+from .worker import launchEngine
+
 REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
 
 
@@ -82,8 +84,6 @@ def ensureDependencies(
 def installTorch(requirement: Requirement) -> None:
     """PyTorch through light-the-torch, run as PythonSlicer's own process: torch is never imported here."""
     import slicer
-
-    from .worker import launchEngine
 
     slicer.util.pip_install("light-the-torch>=0.5")
     slicer.util.logProcessOutput(launchEngine(["-m", "light_the_torch", "install", str(requirement)]))
