@@ -30,6 +30,7 @@ from torch.optim.swa_utils import AveragedModel
 from .checkpoint import build_meta, save_checkpoint
 from .data import PatchSampler, load_pairs
 from .degrade import DENOISING, make_degradation
+from .errors import InputError
 from .io import centre_crop, read_volume
 from .metrics import headline, quality
 from .model import ModelConfig, SparseDiffusionUNet, count_parameters
@@ -174,34 +175,52 @@ def ema_update(decay: float):
     return update
 
 
-def save_state(run: Run, path: Path, samplers: list[dict]) -> None:
+def random_state(run: Run) -> dict:
+    """This process's random streams: torch's (and CUDA's), Python's and the patch stream's. Each rank has its
+    own, so each is saved: a resumed run draws what the uninterrupted one would have on every rank."""
+    streams = {"torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        streams["cuda_rng"] = torch.cuda.get_rng_state()
+    return streams | {"patches": run.sampler.state()}
+
+
+def save_state(run: Run, path: Path, ranks: list[dict]) -> None:
+    """Everything ``--resume`` needs, ``ranks`` holding every process's ``random_state``."""
     state = {
         "model": run.model.state_dict(),
         "ema": run.ema.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "step": run.step,
-        "torch_rng": torch.get_rng_state(),
-        "python_rng": list(random.getstate()[1]),
-        "samplers": samplers,
+        "world_size": len(ranks),
+        "ranks": ranks,
     }
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state()
     tmp = path.with_name(path.name + ".partial")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
-def load_state(run: Run, path: Path, rank: int) -> None:
+def load_state(run: Run, path: Path, rank: int, world: int) -> None:
     state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    # states written before per-rank streams hold rank 0's torch and Python streams and every rank's patches
+    ranks = state.get("ranks") or [
+        {"torch_rng": state["torch_rng"], "python_rng": state["python_rng"], "patches": patches}
+        for patches in state["samplers"]
+    ]
+    if len(ranks) != world:
+        raise InputError(
+            f"{path} was written by {len(ranks)} training process(es), this run has {world}: resume with "
+            f"--nproc_per_node {len(ranks)}, or start a new run from its weights with --init-from"
+        )
     run.model.load_state_dict(state["model"])
     run.ema.load_state_dict(state["ema"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.step = int(state["step"])
-    torch.set_rng_state(state["torch_rng"])
-    if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda_rng"])
-    random.setstate((3, tuple(state["python_rng"]), None))
-    run.sampler.restore(state["samplers"][rank])
+    mine = ranks[rank]
+    torch.set_rng_state(mine["torch_rng"])
+    if "cuda_rng" in mine and torch.cuda.is_available():
+        torch.cuda.set_rng_state(mine["cuda_rng"])
+    random.setstate((3, tuple(mine["python_rng"]), None))
+    run.sampler.restore(mine["patches"])
 
 
 def warm_start(run: Run, name_or_path: str) -> None:
@@ -339,7 +358,7 @@ def train(
     )
     run = Run(model, ema, optimizer, patches)
     if resume and (output / STATE_FILE).is_file():
-        load_state(run, output / STATE_FILE, rank)
+        load_state(run, output / STATE_FILE, rank, world)
     elif config.init_from is not None:
         warm_start(run, config.init_from)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -419,9 +438,9 @@ def _validate(validator: Validator, model, schedule, device, output: Path, step:
 
 
 def _checkpoint(config, run: Run, output: Path, metrics: dict, dense: bool, world: int, rank: int) -> None:
-    samplers = _gather(run.sampler.state(), world)
+    ranks = _gather(random_state(run), world)
     if rank == 0:
-        save_state(run, output / STATE_FILE, samplers)
+        save_state(run, output / STATE_FILE, ranks)
         export_checkpoint(config, run, output, metrics, dense)
 
 

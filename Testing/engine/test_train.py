@@ -1,4 +1,3 @@
-import shutil
 import subprocess
 import sys
 
@@ -96,37 +95,41 @@ def test_resume_continues_exactly_as_if_uninterrupted(tmp_path, config_file):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and sys.platform == "win32", reason="needs torchrun")
-def test_two_process_ddp_ends_with_identical_weights(tmp_path, config_file):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "sdenhance",
-            "train",
-            "--config",
-            str(config_file),
-            "--output",
-            str(tmp_path / "ddp"),
-            "--max-steps",
-            "4",
-            "--threads",
-            "1",
-            "--no-progress",
-        ],
+def _torchrun(config_file, output, *extra, processes=2):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    command += ["-m", "sdenhance", "train", "--config", str(config_file), "--output", str(output)]
+    return subprocess.run(
+        [*command, "--threads", "1", "--no-progress", *extra], capture_output=True, text=True, timeout=600
+    )
+
+
+def _summary(output):
+    return yaml.safe_load((output / "summary.yaml").read_text(encoding="utf-8"))
+
+
+def test_two_process_ddp_resumes_exactly_as_if_uninterrupted(tmp_path, config_file):
+    """Each rank's random streams are saved: after --resume every rank draws what it would have drawn."""
+    straight = _torchrun(config_file, tmp_path / "straight", "--max-steps", "6")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    digests = _summary(tmp_path / "straight")["rank_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]  # DDP keeps the replicas identical
+    first = _torchrun(config_file, tmp_path / "split", "--max-steps", "3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = _torchrun(config_file, tmp_path / "split", "--max-steps", "6", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _summary(tmp_path / "split")["rank_digests"] == digests
+    a, b = load_file(tmp_path / "straight" / "tiny.safetensors"), load_file(tmp_path / "split" / "tiny.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    # a state written by two processes is not resumed by one: its second rank's streams would be lost
+    single = subprocess.run(
+        [sys.executable, "-m", "sdenhance", "train", "--config", str(config_file), "--output", str(tmp_path / "split")]
+        + ["--max-steps", "8", "--resume", "--threads", "1", "--no-progress"],
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = yaml.safe_load((tmp_path / "ddp" / "summary.yaml").read_text(encoding="utf-8"))
-    assert len(summary["rank_digests"]) == 2
-    assert summary["rank_digests"][0] == summary["rank_digests"][1]
+    assert single.returncode == 2 and "written by 2 training process(es), this run has 1" in single.stderr
 
 
 def _with(config_file, tmp_path, **changes):
