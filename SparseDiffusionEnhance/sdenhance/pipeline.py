@@ -12,7 +12,16 @@ from .errors import CheckpointError, VolumeError
 from .io import AXIS_TO_NUMPY, Volume, sr_model_input, validate_intensities
 from .normalize import Normalizer, output_dtype
 from .registry import MAX_SAMPLES, ModelCard, check_fits
-from .sampler import ProgressFn, SamplerConfig, evaluations, sample
+from .sampler import (
+    ProgressFn,
+    SamplerConfig,
+    covering_slab,
+    evaluations,
+    foreground_windows,
+    sample,
+    sampling_input,
+    seconds_per_window,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,8 @@ class EnhanceOptions:
     sw_batch_size: int | None = None
     precision: str = "auto"  # fp32 | bf16 | fp16 | auto (see pick_precision)
     skip_background: bool = True
+    # enhance only the slab of windows around this input slice along the model's through-plane axis ("middle")
+    preview: int | str | None = None
 
 
 def pick_device(name: str) -> torch.device:
@@ -145,10 +156,17 @@ class Plan:
     sampler: SamplerConfig
     output_shape: tuple[int, int, int]
     samples: int
+    swap: tuple[int, int]  # the output array axes swapped so that the model sees its trained SR axis
+    slab_axis: int  # the output array axis the model sees as its first, through-plane, axis
+    slab: tuple[int, int]  # the output's slices [start, stop) along slab_axis: all of them but for a preview
 
     @property
     def evaluations(self) -> int:
         return evaluations(self.sampler) * self.samples
+
+    @property
+    def slab_axis_name(self) -> str:
+        return next(name for name, numpy_axis in AXIS_TO_NUMPY.items() if numpy_axis == self.slab_axis)
 
 
 def plan_enhancement(volume: Volume, card: ModelCard, options: EnhanceOptions) -> Plan:
@@ -158,10 +176,30 @@ def plan_enhancement(volume: Volume, card: ModelCard, options: EnhanceOptions) -
         raise VolumeError(f"samples {options.samples} must be between 1 and {MAX_SAMPLES}")
     modality, factor, axis = check_compatible(card, options)
     device = pick_device(options.device)
+    config = sampler_config(card, options, device)
+    # an SR model learnt one through-plane axis; other axes are swapped into its place and back
+    swap = (AXIS_TO_NUMPY[axis], AXIS_TO_NUMPY[card.meta["sr_axis"]]) if factor else (0, 0)
+    slab_axis = swap[1] if swap[0] == 0 else swap[0] if swap[1] == 0 else 0
     shape = list(volume.array.shape)
     if factor:
         shape[AXIS_TO_NUMPY[axis]] *= factor
-    return Plan(modality, factor, axis, device, sampler_config(card, options, device), tuple(shape), options.samples)
+    depth = shape[slab_axis]
+    slab = (0, depth)
+    if options.preview is not None:
+        scale = factor if factor and slab_axis == AXIS_TO_NUMPY[axis] else 1
+        first = _preview_slice(options.preview, volume.array.shape[slab_axis]) * scale
+        slab = covering_slab(depth, first, first + scale, config.patch_size[0], config.overlap)
+    shape[slab_axis] = slab[1] - slab[0]
+    return Plan(modality, factor, axis, device, config, tuple(shape), options.samples, swap, slab_axis, slab)
+
+
+def _preview_slice(preview: int | str, slices: int) -> int:
+    """The input slice a preview is centred on: an index, or "middle"."""
+    if preview == "middle":
+        return slices // 2
+    if isinstance(preview, str) or not 0 <= preview < slices:
+        raise VolumeError(f"--preview {preview}: give a slice index from 0 to {slices - 1}, or no value for the middle")
+    return preview
 
 
 #: Sample i flips the input along these (z, y, x) axes and back. The model was trained with random flips on
@@ -177,46 +215,100 @@ class Enhanced:
     sampler: SamplerConfig  # the settings it was sampled with (K, precision auto resolved, ...)
 
 
+@dataclass(frozen=True)
+class SampleRun:
+    """One sample of a run: its view of the volume (a flip), its seed, and the slab of z-windows it samples."""
+
+    flip: tuple[int, ...]
+    config: SamplerConfig
+    region: tuple[int, int]  # slices the sampler runs on, in the flipped volume (see covering_slab)
+    offset: int  # where the plan's slab starts in this sample's flipped-back result
+
+
+class Enhancement:
+    """One run, planned and prepared (input normalised, model loaded): ``estimate_seconds()`` says how long
+    ``run()`` will take before it starts."""
+
+    def __init__(self, volume: Volume, card: ModelCard, options: EnhanceOptions):
+        self.plan = plan = plan_enhancement(volume, card, options)
+        self.card = card
+        self.dtype = output_dtype(volume.array.dtype, plan.modality)
+        self.target = volume if plan.factor is None else sr_model_input(volume, plan.factor, plan.axis)
+        self.normalizer = Normalizer.fit(self.target.array, plan.modality)
+        self.y = np.swapaxes(self.normalizer.forward(self.target.array), *plan.swap)
+        spacing_zyx = list(reversed(self.target.spacing))
+        a, b = plan.swap
+        spacing_zyx[a], spacing_zyx[b] = spacing_zyx[b], spacing_zyx[a]
+        self.spacing_zyx = tuple(spacing_zyx)
+        self.model, _ = load_model(card, plan.device)
+        self.runs = [self._sample_run(i, flip) for i, flip in enumerate(FLIPS[: plan.samples])]
+
+    def _sample_run(self, index: int, flip: tuple[int, ...]) -> SampleRun:
+        config = replace(self.plan.sampler, seed=self.plan.sampler.seed + index)
+        if 0 not in flip:
+            return SampleRun(flip, config, self.plan.slab, 0)
+        # a flipped volume has a window grid of its own: its windows that hold any of the mirrored slab
+        depth, (start, stop) = self.y.shape[0], self.plan.slab
+        region = covering_slab(depth, depth - stop, depth - start, config.patch_size[0], config.overlap)
+        return SampleRun(flip, config, region, start - (depth - region[1]))
+
+    def estimate_seconds(self) -> float:
+        """Seconds ``run()`` will take: the windows each sample runs the network on (background ones are
+        skipped) times the network and content-encoding seconds per window, timed on one batch of real
+        windows after a warm-up call."""
+        t = max(schedule_of(self.card).sparse_timesteps(self.plan.sampler.steps))
+        seconds, per_window = 0.0, None
+        for run in self.runs:
+            y_t = sampling_input(np.flip(self.y, run.flip), run.config.patch_size, run.region)
+            windows = foreground_windows(y_t, run.config)
+            if windows:
+                per_window = per_window or seconds_per_window(
+                    self.model, y_t, windows, self.spacing_zyx, run.config, self.plan.device, t
+                )
+                forward_s, content_s = per_window
+                seconds += len(windows) * (evaluations(run.config) * forward_s + content_s)
+        return seconds
+
+    def run(self, progress: ProgressFn | None = None) -> Enhanced:
+        """The enhanced volume on the input grid (denoise) or the finer SR grid, cut to the plan's slab, and with
+        several samples their spread."""
+        plan = self.plan
+        depth = plan.slab[1] - plan.slab[0]
+        mean, sum_sq = None, np.float32(0)
+        for i, run in enumerate(self.runs):
+            y = np.flip(self.y, run.flip)
+            share = _share(progress, i, plan.samples)
+            x0 = sample(
+                self.model, schedule_of(self.card), y, self.spacing_zyx, run.config, plan.device, share, run.region
+            )
+            x = self.normalizer.inverse(np.flip(x0, run.flip)[run.offset : run.offset + depth])
+            if mean is None:  # one sample needs no extra buffer
+                mean = x
+                continue
+            delta = x - mean  # Welford's running mean and sum of squares: two buffers, whatever the sample count
+            mean += delta / (i + 1)
+            sum_sq += delta * (x - mean)
+        integer = np.issubdtype(self.dtype, np.integer)
+        result = np.swapaxes(np.rint(mean) if integer else mean, *plan.swap)
+        spread = None
+        if plan.samples > 1:
+            spread = self._on_output_grid(np.swapaxes(np.sqrt(sum_sq / (plan.samples - 1)), *plan.swap), np.float32)
+        return Enhanced(self._on_output_grid(result, self.dtype), spread, plan.sampler)
+
+    def _on_output_grid(self, array: np.ndarray, dtype) -> Volume:
+        """``array`` on the target grid, with the origin moved to the plan's slab (geometry kept exact)."""
+        start_xyz = [0, 0, 0]
+        start_xyz[2 - self.plan.slab_axis] = self.plan.slab[0]
+        origin = self.target.index_to_physical(np.array([start_xyz], dtype=float))[0]
+        return replace(self.target, array=array.astype(dtype), origin=tuple(origin.tolist()))
+
+
 def enhance_volume(
     volume: Volume, card: ModelCard, options: EnhanceOptions, progress: ProgressFn | None = None
 ) -> Enhanced:
-    """The enhanced volume on the input grid (denoise) or the finer SR grid, and with several samples their
-    spread."""
-    plan = plan_enhancement(volume, card, options)
-    factor, axis = plan.factor, plan.axis
-    target = volume if factor is None else sr_model_input(volume, factor, axis)
-    normalizer = Normalizer.fit(target.array, plan.modality)
-    # an SR model learnt one through-plane axis; other axes are swapped into its place and back
-    swap = (AXIS_TO_NUMPY[axis], AXIS_TO_NUMPY[card.meta["sr_axis"]]) if factor else (0, 0)
-    y = np.swapaxes(normalizer.forward(target.array), *swap)
-    spacing_zyx = list(reversed(target.spacing))
-    spacing_zyx[swap[0]], spacing_zyx[swap[1]] = spacing_zyx[swap[1]], spacing_zyx[swap[0]]
-    model, _ = load_model(card, plan.device)
-    mean, sum_sq = None, np.float32(0)
-    for i, flip in enumerate(FLIPS[: plan.samples]):
-        config = replace(plan.sampler, seed=plan.sampler.seed + i)
-        x0 = sample(
-            model,
-            schedule_of(card),
-            np.flip(y, flip),
-            tuple(spacing_zyx),
-            config,
-            plan.device,
-            _share(progress, i, plan.samples),
-        )
-        x = normalizer.inverse(np.flip(x0, flip))
-        if mean is None:  # one sample needs no extra buffer
-            mean = x
-            continue
-        delta = x - mean  # Welford's running mean and sum of squares: two buffers, whatever the sample count
-        mean += delta / (i + 1)
-        sum_sq += delta * (x - mean)
-    dtype = output_dtype(volume.array.dtype, plan.modality)
-    result = np.swapaxes(np.rint(mean) if np.issubdtype(dtype, np.integer) else mean, *swap)
-    spread = None
-    if plan.samples > 1:
-        spread = target.with_array(np.swapaxes(np.sqrt(sum_sq / (plan.samples - 1)), *swap).astype(np.float32))
-    return Enhanced(target.with_array(result.astype(dtype)), spread, plan.sampler)
+    """The enhanced volume on the input grid (denoise) or the finer SR grid (a slab of it for a preview), and
+    with several samples their spread."""
+    return Enhancement(volume, card, options).run(progress)
 
 
 def _share(progress: ProgressFn | None, index: int, samples: int) -> ProgressFn | None:

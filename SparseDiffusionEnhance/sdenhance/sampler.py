@@ -8,12 +8,16 @@ Three separate pieces, each tested on its own:
   size blended with Gaussian weights (MONAI ``sliding_window_inference``), stitched in float32 on the CPU.
   The STM content code depends only on the degraded input, so it is computed once per patch and reused at
   every step; patches that are all background return the degraded input unchanged.
+
+``sample`` can also run on a slab of z-windows only (``covering_slab``: a preview of a few slices), and
+``foreground_windows`` with ``seconds_per_window`` say what a run will cost before it starts.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -89,6 +93,75 @@ def count_windows(shape: tuple[int, ...], patch: tuple[int, ...], overlap: float
     return len(window_slices(shape, patch, overlap))
 
 
+def covering_slab(depth: int, first: int, stop: int, patch_z: int, overlap: float) -> tuple[int, int]:
+    """Slices [start, stop) of the volume (``depth`` slices) covered by the z-windows of a whole-volume pass that
+    hold any of slices ``first`` to ``stop - 1``. Sampled alone, such a slab has the whole run's window grid and
+    blending, so a single pass (K = 1) gives those slices exactly as the whole run does; with more passes the
+    windows outside the slab also shaped the earlier steps near its ends."""
+    rows = [w[0] for w in window_slices((max(depth, patch_z),), (patch_z,), overlap)]
+    covering = [r for r in rows if r.start < stop and first < r.stop]
+    return int(covering[0].start), min(int(covering[-1].stop), depth)
+
+
+def foreground(y: torch.Tensor, background: float | None) -> torch.Tensor:
+    """Which windows of a batch of degraded patches (B, 1, z, y, x) the network runs on: those reaching
+    ``background`` somewhere (every one when None); the others keep their degraded input."""
+    if background is None:
+        return torch.ones(len(y), dtype=torch.bool)
+    return (y.flatten(1).amax(dim=1) >= background).cpu()
+
+
+def sampling_input(y: np.ndarray, patch: tuple[int, int, int], slab: tuple[int, int] | None = None) -> torch.Tensor:
+    """What ``sample`` runs on: ``y`` as (1, 1, z, y, x), padded to at least one patch, cut to ``slab`` (a slab
+    that ends with the volume keeps the padding)."""
+    pad = [max(p - s, 0) for s, p in zip(y.shape, patch, strict=True)]
+    y_t = _pad_replicate(torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))[None, None], pad)
+    return y_t[:, :, _padded(slab, y.shape[0], y_t.shape[2])]
+
+
+def _padded(slab: tuple[int, int] | None, depth: int, padded_depth: int) -> slice:
+    start, stop = slab or (0, depth)
+    return slice(start, padded_depth if stop >= depth else stop)
+
+
+def foreground_windows(y_t: torch.Tensor, config: SamplerConfig) -> list[tuple[slice, ...]]:
+    """The windows of one pass over ``sampling_input``'s tensor that the network runs on, as index tuples."""
+    every = (slice(None), slice(None))
+    windows = [(*every, *w) for w in window_slices(tuple(y_t.shape[2:]), config.patch_size, config.overlap)]
+    return [w for w in windows if foreground(y_t[w], config.background)]
+
+
+def seconds_per_window(
+    model: SparseDiffusionUNet,
+    y_t: torch.Tensor,
+    windows: list[tuple[slice, ...]],
+    spacing_zyx: tuple[float, float, float],
+    config: SamplerConfig,
+    device: torch.device,
+    t: int,
+) -> tuple[float, float]:
+    """(network call, content encoding) seconds per window, timed on the first batch of ``windows`` as the
+    sampler runs them, after a warm-up call (which the run then no longer needs)."""
+    batch = windows[: config.sw_batch_size]
+    denoiser = PatchDenoiser(prepare_model(model, config, device), y_t, spacing_zyx, config, device)
+    denoiser.t = t
+    y = torch.cat([y_t[w] for w in batch]).to(device)
+    with torch.inference_mode():
+        denoiser._run_model(y, y, batch)  # warm-up, and the content codes are then cached
+        forward = _timed(lambda: denoiser._run_model(y, y, batch), device)
+        with network_context(config, device):
+            content = _timed(lambda: denoiser.model.encode_content(y), device)
+    return forward / len(batch), content / len(batch)
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 class PatchDenoiser:
     """x0 estimate over a whole volume at one timestep, evaluated patch by patch."""
 
@@ -126,12 +199,7 @@ class PatchDenoiser:
     def _predict_windows(self, x_t: torch.Tensor, slices: list, condition: torch.Tensor) -> torch.Tensor:
         self.on_windows(len(slices))
         y = condition
-        background = self.config.background
-        keep = (
-            torch.ones(len(slices), dtype=torch.bool)
-            if background is None
-            else (y.flatten(1).amax(dim=1) >= background).cpu()
-        )
+        keep = foreground(y, self.config.background)
         out = y.clone()
         if keep.any():
             idx = keep.nonzero().flatten().tolist()
@@ -191,12 +259,20 @@ def sample(
     config: SamplerConfig,
     device: torch.device | str = "cpu",
     progress: ProgressFn | None = None,
+    slab: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Enhance a whole normalised volume ``y`` (z, y, x) with K sparse DDIM (or Heun) steps; returns x0."""
+    """Enhance a whole normalised volume ``y`` (z, y, x) with K sparse DDIM (or Heun) steps; returns x0.
+
+    With ``slab`` (from ``covering_slab``) only those slices are sampled, with the whole run's noise there, and
+    x0 is returned for the slab's slices inside the volume."""
     device = torch.device(device)
     shape = y.shape
-    pad = [max(p - s, 0) for s, p in zip(shape, config.patch_size, strict=True)]
-    y_t = _pad_replicate(torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))[None, None], pad)
+    y_t = sampling_input(y, config.patch_size)
+    generator = torch.Generator().manual_seed(config.seed)
+    # the whole volume's noise is drawn once, so a run is reproducible and independent of the patch layout
+    noise = torch.randn(y_t.shape, generator=generator)
+    region = _padded(slab, shape[0], y_t.shape[2])
+    y_t, noise = y_t[:, :, region], noise[:, :, region]
     total = evaluations(config) * count_windows(tuple(y_t.shape[2:]), config.patch_size, config.overlap)
     done = 0
 
@@ -210,9 +286,7 @@ def sample(
     abar = schedule.alphas_cumprod
     timesteps = schedule.sparse_timesteps(config.steps)
     t_start = max(timesteps)
-    generator = torch.Generator().manual_seed(config.seed)
-    # the whole volume's noise is drawn once, so a run is reproducible and independent of the patch layout
-    x = q_sample(y_t, torch.randn(y_t.shape, generator=generator), abar[t_start].float())
+    x = q_sample(y_t, noise, abar[t_start].float())
     with torch.inference_mode():
         for t, t_next in sampling_pairs(timesteps):
             x0 = denoiser(x, t)
@@ -222,7 +296,7 @@ def sample(
                 x = ddim_step(x, x0, float(abar[t]), float(abar[t_next]))
         x0 = denoiser(x, min(t for t in timesteps if t > 0))
     z, h, w = shape
-    return x0[0, 0, :z, :h, :w].numpy()
+    return x0[0, 0, : z - region.start, :h, :w].numpy()
 
 
 def _pad_replicate(volume: torch.Tensor, pad: list[int]) -> torch.Tensor:
