@@ -481,6 +481,8 @@ class SparseDiffusionEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self._message = _("Done in {time}: {name}").format(
                 time=formatDuration(seconds), name=job.outputNode.GetName()
             )
+            if warnings := provenance(job.outputNode).get("warnings"):
+                self._message += "\n" + _("Warning: {warnings}").format(warnings=warnings)
             parameterNode.resultVolume = job.outputNode
         elif job.phase == Phase.CANCELLED:
             self._message = _("Cancelled; the scene was left as it was.")

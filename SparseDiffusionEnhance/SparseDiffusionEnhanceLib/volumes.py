@@ -131,6 +131,8 @@ def setProvenance(outputNode, inputNode, settings: EnhanceSettings, finished: di
     }
     if settings.task == Task.SR:
         values.update(factor=settings.factor, axis=settings.axis.value)
+    if finished.get("warnings"):  # e.g. noise or spacing outside the model's range: kept with the result
+        values["warnings"] = " | ".join(finished["warnings"])
     for key, value in values.items():
         outputNode.SetAttribute(ATTRIBUTE_PREFIX + key, str(value))
     outputNode.SetNodeReferenceID(INPUT_REFERENCE, inputNode.GetID())

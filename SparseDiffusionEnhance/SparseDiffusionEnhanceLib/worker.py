@@ -265,6 +265,10 @@ class WorkerProcess:
             self.progress.total = int(event.get("total", self.progress.total))
             self.progress.elapsed = float(event.get("elapsed_s", 0.0))
             self.progress.remaining = event.get("eta_s")
+        elif kind == "warning":  # the engine doubts the result (input outside the model's range): tell the user
+            logging.warning("[sdenhance] %s", event.get("message", ""))
+            if self.onOutput:
+                self.onOutput(f"Warning: {event.get('message', '')}")
         elif kind == "done":
             self.finished = event
         elif kind == "error":

@@ -43,6 +43,7 @@ class Reporter:
         self.started = time.monotonic()
         self.evaluations = 1
         self.last_step = 0
+        self.warnings: list[str] = []  # repeated in the done event, so a program that reads only it sees them
 
     def emit(self, event: str, **fields) -> None:
         if self.mode == "jsonl":
@@ -78,7 +79,7 @@ class Reporter:
     def done(self, **fields) -> None:
         if self.bar is not None:
             self.bar.close()
-        self.emit("done", seconds=round(time.monotonic() - self.started, 2), **fields)
+        self.emit("done", seconds=round(time.monotonic() - self.started, 2), warnings=self.warnings, **fields)
         if self.mode == "bar":
             print(f"wrote {fields['output']}", file=sys.stderr)
 
@@ -89,6 +90,7 @@ class Reporter:
         print(f"error: {message}", file=sys.stderr)
 
     def warning(self, message: str) -> None:
+        self.warnings.append(message)
         self.emit("warning", message=message)
         print(f"warning: {message}", file=sys.stderr)
 

@@ -382,3 +382,20 @@ def test_gpus_are_listed_from_nvidia_smi_without_torch():
     assert parseGpuList("") == []
     gpus = listGpus()  # [] on a machine without nvidia-smi
     assert isinstance(gpus, list) and all(isinstance(name, str) and name for name in gpus)
+
+
+def test_engine_warnings_reach_the_log_and_stay_with_the_result(logic, obliqueVolume, scene, tinyCheckpoints):
+    """The tiny model was trained for K = 2: sampling with 3 steps makes the engine warn, and the warning must not
+    be lost on the way into the scene."""
+    lines = []
+    job = logic.startJob(
+        obliqueVolume,
+        EnhanceSettings(checkpoint=str(tinyCheckpoints["denoise"]), device="cpu", steps=3),
+        onOutput=lines.append,
+    )
+    pollUntilFinished(job, interval=0.05)
+    assert job.phase == Phase.DONE
+    assert any(line.startswith("Warning: --steps 3 evaluates 'tiny-denoise-ct'") for line in lines)
+    assert "never trained on" in provenance(job.outputNode)["warnings"]
+    quiet = logic.enhance(obliqueVolume, task="denoise", checkpoint=str(tinyCheckpoints["denoise"]), device="cpu")
+    assert "warnings" not in provenance(quiet)  # a run without doubts records none
