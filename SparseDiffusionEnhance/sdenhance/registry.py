@@ -41,9 +41,11 @@ class ModelCard:
         return self.meta.get("card", {}).get("summary", "")
 
     def describe(self) -> str:
-        """One line for lists: name, task, modality and the card's summary."""
+        """One line for lists: name, task, modality, the card's summary and the input noise it was trained on."""
         extra = f" x{self.meta['sr_factor']} along {self.meta['sr_axis']}" if self.task == "sr" else ""
-        return f"{self.name}: {self.modality.upper()} {self.task}{extra}. {self.summary}".strip()
+        noise = self.meta.get("card", {}).get("noise_range")
+        trained = f" Trained on input noise {noise['low']:g}-{noise['high']:g} {noise['unit']}." if noise else ""
+        return f"{self.name}: {self.modality.upper()} {self.task}{extra}. {self.summary}{trained}".strip()
 
 
 def read_card(weights_path: str | Path) -> ModelCard:

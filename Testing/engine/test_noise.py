@@ -9,6 +9,7 @@ from sdenhance.degrade import ct_image_noise, make_degradation
 from sdenhance.io import Volume, write_volume
 from sdenhance.noise import NoiseEstimate, estimate_noise, noise_outside_range
 from sdenhance.phantom import torso_phantom
+from sdenhance.registry import read_card
 
 SPACING = (0.8, 0.8, 2.5)
 
@@ -88,3 +89,10 @@ def test_enhance_warns_with_numbers_when_the_scan_is_noisier_than_the_model_was_
     assert level == pytest.approx(90.0, rel=0.25)
     start = next(e for e in events if e["event"] == "start")
     assert start["noise"].startswith("noise ~")
+
+
+def test_the_model_list_names_the_trained_noise_range(tiny_checkpoints):
+    card = read_card(tiny_checkpoints["denoise"])
+    assert "Trained on input noise" not in card.describe()
+    card.meta["card"]["noise_range"] = {"low": 5.0, "high": 40.0, "unit": "HU"}
+    assert card.describe().endswith("Trained on input noise 5-40 HU.")
