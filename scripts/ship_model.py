@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 from sdenhance.degrade import DENOISING, make_degradation
 from sdenhance.io import read_volume
-from sdenhance.noise import estimate_noise
+from sdenhance.noise import estimate_noise, estimated_slices
 from sdenhance.normalize import __doc__ as NORMALISATION_DOC
 from sdenhance.registry import SHIPPED_DIR, read_card
 
@@ -78,6 +78,8 @@ def noise_range(config_path: Path) -> dict | None:
     for index, path in enumerate(config.paths(config.train_files)):
         volume = read_volume(path)
         volume = volume.with_array(volume.array.astype(np.float32))
+        if config.modality == "ct":  # CT noise is simulated slice by slice: only the slices the estimate reads
+            volume = volume.with_array(volume.array[estimated_slices(volume.array.shape[0])])
         for spec in specs:
             degraded, _ = make_degradation(spec)(volume, np.random.default_rng(index))
             estimate = estimate_noise(degraded.array, config.modality)

@@ -48,7 +48,7 @@ class NoiseEstimate:
 def estimate_noise(array: np.ndarray, modality: str) -> NoiseEstimate:
     """The noise level of a (z, y, x) scan in native units (HU for CT), in ``UNITS[modality]``."""
     array = np.asarray(array, dtype=np.float32)
-    slices = np.unique(np.linspace(0, array.shape[0] - 1, min(MAX_SLICES, array.shape[0])).astype(int))
+    slices = estimated_slices(array.shape[0])
     if modality == "ct":
         low, high = CT_FLAT_HU
     else:
@@ -69,6 +69,11 @@ def estimate_noise(array: np.ndarray, modality: str) -> NoiseEstimate:
         noise = float(np.percentile(std, PERCENTILE))
         return NoiseEstimate(_foreground_median(array) / max(noise, 1e-12), "SNR")
     return NoiseEstimate(100.0 * float(np.percentile(std / mean, PERCENTILE)), "% CoV")
+
+
+def estimated_slices(n_slices: int) -> np.ndarray:
+    """The slices ``estimate_noise`` reads: at most ``MAX_SLICES``, evenly spread."""
+    return np.unique(np.linspace(0, n_slices - 1, min(MAX_SLICES, n_slices)).astype(int))
 
 
 def _local_mean_and_std(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
