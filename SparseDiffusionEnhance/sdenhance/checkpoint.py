@@ -34,6 +34,7 @@ def build_meta(
     sr_factor: int | None = None,
     sr_axis: str | None = None,
     background: float | None = None,
+    sampling_steps: int | None = None,
     training: dict | None = None,
     card: dict | None = None,
 ) -> dict:
@@ -50,6 +51,7 @@ def build_meta(
         "schedule": vars(schedule).copy(),
         "patch_size": list(patch_size),
         "background": background,
+        "sampling_steps": sampling_steps,
         "training": training or {},
         "card": card or {},
     }

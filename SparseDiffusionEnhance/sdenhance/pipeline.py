@@ -91,10 +91,16 @@ def sampler_config(card: ModelCard, options: EnhanceOptions, device: torch.devic
 MAX_SEED = 2**63 - 1 - MAX_SAMPLES
 
 
+def default_steps(card: ModelCard) -> int:
+    """The K a model samples with unless told otherwise: its card's ``sampling_steps`` where measuring showed
+    fewer passes to be as good (e.g. one pass for denoising), else the K it was trained on."""
+    return int(card.meta.get("sampling_steps") or card.meta["schedule"]["steps"])
+
+
 def _checked_counts(card: ModelCard, options: EnhanceOptions) -> int:
     """The sparse steps K to sample with; refuses steps, batch and seed values that no run can use."""
     schedule = card.meta["schedule"]
-    steps = schedule["steps"] if options.steps is None else options.steps
+    steps = default_steps(card) if options.steps is None else options.steps
     if not 1 <= steps < schedule["timesteps"]:
         raise VolumeError(
             f"--steps {steps} must be between 1 and {schedule['timesteps'] - 1} "

@@ -77,6 +77,8 @@ class TrainConfig:
     ckpt_every: int = 250
     seed: int = 0
     background: float | None = None
+    # the K sampling uses by default when it differs from the trained K (one of the K values that fit it)
+    sampling_steps: int | None = None
     card: dict = field(default_factory=dict)
 
     @classmethod
@@ -248,6 +250,7 @@ def export_checkpoint(config: TrainConfig, run: Run, out_dir: Path, metrics: dic
         sr_factor=config.sr_factor,
         sr_axis=config.sr_axis,
         background=config.background,
+        sampling_steps=config.sampling_steps,
         training={
             "steps": run.step,
             "timesteps_drawn": "dense" if dense else "sparse",

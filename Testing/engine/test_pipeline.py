@@ -114,3 +114,16 @@ def test_steps_whose_timesteps_were_never_trained_are_warned_about(tiny_checkpoi
     assert main([*args, "--steps", "3", "--progress", "jsonl"]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert any(e["event"] == "warning" and "--steps 3 evaluates" in e["message"] for e in events)
+
+
+def test_a_card_can_make_fewer_passes_the_default_and_the_user_still_chooses(tiny_checkpoints, tmp_path, ct_file):
+    card = read_card(tiny_checkpoints["denoise"])  # trained with K = 2
+    volume = read_volume(ct_file)
+    assert enhance_volume(volume, card, EnhanceOptions(seed=1)).sampler.steps == 2
+    card.meta["sampling_steps"] = 1
+    one = enhance_volume(volume, card, EnhanceOptions(seed=1))
+    assert one.sampler.steps == 1
+    np.testing.assert_array_equal(
+        one.volume.array, enhance_volume(volume, card, EnhanceOptions(steps=1, seed=1)).volume.array
+    )
+    assert enhance_volume(volume, card, EnhanceOptions(steps=2, seed=1)).sampler.steps == 2
