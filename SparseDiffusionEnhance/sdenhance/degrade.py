@@ -16,7 +16,8 @@ import numpy as np
 import scipy.sparse
 from scipy import ndimage
 
-from .io import AXIS_TO_NUMPY, Volume, crop, sr_model_input
+from .io import AXIS_TO_NUMPY, Volume, centre_crop, crop, sr_model_input
+from .normalize import CT_RANGE
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
@@ -726,3 +727,21 @@ def _super_resolution(spec: dict) -> Degrade:
         return _slab(model_input, axis, *common), _slab(reference, axis, *common)
 
     return degrade
+
+
+def scored_denoising_case(
+    volume: Volume, spec: dict, modality: str, rng: np.random.Generator, size: tuple[int, int, int] | None = None
+) -> tuple[Volume, Volume, Volume]:
+    """(degraded, reference) centre-cropped to ``size``, and the degraded volume before that crop (the scan a
+    normaliser is fitted on, as it would be for a whole-scan run): how evaluation and the trainer's validation
+    prepare a denoising case. CT degrades only the crop's slices (the simulator works slice by slice, each from its
+    whole cross-section) and is then clipped to the CT range, so that a scanner's -3024 padding is plain air for
+    every method, as it is for the model; the simulator itself treats such padding as air."""
+    if size is not None and modality == "ct":
+        volume = centre_crop(volume, (size[0], *volume.array.shape[1:]))
+    noisy, reference = make_degradation(spec)(volume.with_array(volume.array.astype(np.float32)), rng)
+    if modality == "ct":
+        noisy, reference = (v.with_array(np.clip(v.array, *CT_RANGE)) for v in (noisy, reference))
+    if size is None:
+        return noisy, reference, noisy
+    return centre_crop(noisy, size), centre_crop(reference, size), noisy

@@ -34,6 +34,7 @@ from .io import Volume, centre_crop, read_volume, resample_onto
 from .registry import MODALITIES, ModelCard, default_for, resolve
 
 if TYPE_CHECKING:
+    from .normalize import Normalizer
     from .pipeline import EnhanceOptions
 
 #: Named degradations: (modality, spec in ``degrade.make_degradation``'s format).
@@ -141,21 +142,21 @@ class Case:
     reference: Volume  # ground truth on the scoring grid
     model_input: Volume  # what every method gets: the noisy volume, or the thick-slice volume for SR
     degraded: Volume  # that input as shown and scored on the reference grid (nearest neighbour for SR)
+    # denoising: the intensity scaling of the whole degraded scan, as a whole-scan run would fit it (not the crop's)
+    normalizer: Normalizer | None = None
 
 
 def prepare_case(name: str, volume: Volume, setup: Setup, rng: np.random.Generator) -> Case:
-    from .degrade import make_degradation
-    from .metrics import CT_FULL
+    from .degrade import scored_denoising_case
+    from .normalize import CT_RANGE, Normalizer
 
-    array = volume.array.astype(np.float32)
-    # CT: some scanners write -3024 outside the reconstruction circle; every method should see plain air
-    volume = volume.with_array(np.clip(array, *CT_FULL) if setup.modality == "ct" else array)
     if setup.task == "sr":
+        array = volume.array.astype(np.float32)
+        # CT: some scanners write -3024 outside the reconstruction circle; thick slices should average plain air
+        volume = volume.with_array(np.clip(array, *CT_RANGE) if setup.modality == "ct" else array)
         return _sr_case(name, volume if setup.crop is None else centre_crop(volume, setup.crop), setup.spec, rng)
-    noisy, reference = make_degradation(setup.spec)(volume, rng)
-    if setup.crop is not None:
-        noisy, reference = centre_crop(noisy, setup.crop), centre_crop(reference, setup.crop)
-    return _checked(Case(name, reference, noisy, noisy))
+    noisy, reference, whole = scored_denoising_case(volume, setup.spec, setup.modality, rng, setup.crop)
+    return _checked(Case(name, reference, noisy, noisy, Normalizer.fit(whole.array, setup.modality)))
 
 
 def _checked(case: Case) -> Case:
@@ -227,7 +228,7 @@ def run_ours(case: Case, setup: Setup) -> MethodResult:
     from .metrics import quality
     from .pipeline import enhance_volume
 
-    options = setup.enhance_options()
+    options = replace(setup.enhance_options(), normalizer=case.normalizer)
     result, seconds = _timed(enhance_volume, case.model_input, setup.card, options)
     scores = quality(case.reference.array, result.volume.array, setup.modality)
     # the precision auto picked on this machine: bf16 and fp32 differ in the third decimal of the PSNR

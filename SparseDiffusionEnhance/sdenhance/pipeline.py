@@ -42,6 +42,8 @@ class EnhanceOptions:
     skip_background: bool = True
     # enhance only the slab of windows around this input slice along the model's through-plane axis ("middle")
     preview: int | str | None = None
+    # intensity scaling fitted on the whole scan a crop was cut from (evaluation); default: fitted on the input
+    normalizer: Normalizer | None = None
 
 
 def pick_device(name: str) -> torch.device:
@@ -240,7 +242,7 @@ class Enhancement:
         self.card = card
         self.dtype = output_dtype(volume.array.dtype, plan.modality)
         self.target = volume if plan.factor is None else sr_model_input(volume, plan.factor, plan.axis)
-        self.normalizer = Normalizer.fit(self.target.array, plan.modality)
+        self.normalizer = options.normalizer or Normalizer.fit(self.target.array, plan.modality)
         self.y = np.swapaxes(self.normalizer.forward(self.target.array), *plan.swap)
         spacing_zyx = list(reversed(self.target.spacing))
         a, b = plan.swap

@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from .checkpoint import build_meta, save_checkpoint
 from .data import PatchSampler, load_pairs
-from .degrade import DENOISING, make_degradation
+from .degrade import DENOISING, make_degradation, scored_denoising_case
 from .errors import InputError
 from .io import centre_crop, read_volume
 from .metrics import headline, quality
@@ -280,17 +280,20 @@ class Validator:
         self.cases = []
         for i, path in enumerate(config.paths(config.val_files)):
             volume = read_volume(path)
-            volume = volume.with_array(volume.array.astype(np.float32))
-            if config.val_crop and config.modality == "ct" and config.task == "denoise":
-                # only the crop's slices: CT noise is simulated slice by slice, each from its whole cross-section
-                # (PET and MRI noise levels follow the whole scan's foreground, so they keep it)
-                volume = centre_crop(volume, (config.val_crop[0], *volume.array.shape[1:]))
             for label, spec in families.items():
-                # degrade whole slices, then crop: CT noise depends on every ray through the full cross-section
-                degraded, reference = make_degradation(spec)(volume, np.random.default_rng(i))
                 name = f"{path.name}|{label}" if label else path.name
-                crop = config.val_crop
-                self.cases.append((name, _maybe_crop(degraded, crop), _maybe_crop(reference, crop)))
+                # seeded as `sdenhance evaluate` seeds its cases, and prepared the same way
+                self.cases.append((name, *self._prepare(volume, spec, np.random.default_rng([config.seed, i]))))
+
+    def _prepare(self, volume, spec: dict, rng: np.random.Generator):
+        """(model input, reference, normaliser): denoising as `sdenhance evaluate` prepares it; SR as training."""
+        config = self.config
+        if config.task == "denoise":
+            noisy, reference, whole = scored_denoising_case(volume, spec, config.modality, rng, config.val_crop)
+            return noisy, reference, Normalizer.fit(whole.array, config.modality)
+        degraded, reference = make_degradation(spec)(volume.with_array(volume.array.astype(np.float32)), rng)
+        degraded, reference = _maybe_crop(degraded, config.val_crop), _maybe_crop(reference, config.val_crop)
+        return degraded, reference, Normalizer.fit(degraded.array, config.modality)
 
     def __call__(self, model: torch.nn.Module, schedule: NoiseSchedule, device: torch.device) -> dict:
         sampler = SamplerConfig(
@@ -298,8 +301,7 @@ class Validator:
         )
         key = headline(self.config.modality)
         scores = {}
-        for name, degraded, reference in self.cases:
-            normalizer = Normalizer.fit(degraded.array, self.config.modality)
+        for name, degraded, reference, normalizer in self.cases:
             x0 = sample(
                 model, schedule, normalizer.forward(degraded.array), tuple(reversed(degraded.spacing)), sampler, device
             )

@@ -221,3 +221,27 @@ def test_suite_refuses_a_bad_family_before_running_anything(tmp_path, phantom_fi
     path = _suite_file(tmp_path, phantom_file, {"bad": {"kind": "ct_image_noise", "noise_hu": -3}})
     with pytest.raises(ValueError, match="noise_hu"):
         Suite.load(path)
+
+
+def test_a_cropped_case_is_scaled_as_its_whole_scan_and_ct_padding_is_plain_air():
+    """Evaluation and the trainer's validation share this preparation: a crop gets the normaliser of the whole
+    degraded scan (as a whole-scan run would), and CT is clipped after degrading, so padding stays air."""
+    from sdenhance.degrade import scored_denoising_case
+    from sdenhance.evaluate import Setup, prepare_case
+    from sdenhance.normalize import Normalizer
+
+    body = torso_phantom((20, 48, 48), (2.0, 2.0, 3.0))
+    mri = body.with_array(body.array.astype(np.float32) + 1024.0)
+    setup = Setup({"kind": "mri_rician", "snr": 8}, "mri", ("ours",), crop=(12, 24, 24))
+    case = prepare_case("mri", mri, setup, np.random.default_rng(0))
+    noisy, _, whole = scored_denoising_case(mri, setup.spec, "mri", np.random.default_rng(0), setup.crop)
+    assert case.normalizer == Normalizer.fit(whole.array, "mri") != Normalizer.fit(noisy.array, "mri")
+    np.testing.assert_array_equal(case.model_input.array, noisy.array)
+    padded = body.array.astype(np.float32)
+    padded[:, :, :4] = -3024.0  # a GE scanner's value outside the reconstruction circle
+    ct = body.with_array(padded)
+    noisy, reference, whole = scored_denoising_case(
+        ct, {"kind": "ct_image_noise", "noise_hu": 30}, "ct", np.random.default_rng(0), (12, 48, 48)
+    )
+    assert whole.array.shape == (12, 48, 48)  # only the crop's slices were degraded
+    assert noisy.array.min() >= -1024.0 and reference.array.min() == -1024.0
