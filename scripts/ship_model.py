@@ -1,13 +1,13 @@
 """Copy a trained run's checkpoint into the package's shipped models, completing its model card.
 
-    python scripts/ship_model.py runs/ct-denoise [--evaluation eval/ct-denoise/results.json]
+    python scripts/ship_model.py runs/ct-denoise [--evaluation eval/results.json] [--suite eval-robust/suite.json]
     python scripts/ship_model.py --refresh-noise-range ct-denoise   # only re-measure a shipped card's noise range
 
 The card gets: training scans with their licences (from the data MANIFEST.md), the degradation and its
 parameter range, the voxel spacing range seen in training, the noise range of the training inputs as
 ``sdenhance.noise`` estimates it (denoising; what ``enhance`` warns against), K, the normalisation, the
-validation metrics the trainer measured (and the evaluation table when given), and the summary and known
-limits written in the training config's card.
+validation metrics the trainer measured (and the evaluation table and robustness suite when given), and the
+summary and known limits written in the training config's card.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def portable(evaluation: dict, data_root: Path) -> dict:
     return evaluation | {"cases": cases, "checkpoint": checkpoint}
 
 
-def complete_card(meta: dict, evaluation: dict | None) -> dict:
+def complete_card(meta: dict, evaluation: dict | None, suite: dict | None = None) -> dict:
     training = meta["training"]
     card = dict(meta.get("card", {})) | config_card(meta["name"])
     card |= {
@@ -127,6 +127,8 @@ def complete_card(meta: dict, evaluation: dict | None) -> dict:
     }
     if evaluation is not None:
         card["evaluation"] = portable(evaluation, DATA_MANIFEST.parent.resolve())
+    if suite is not None:  # rows name scans and families only: nothing of this machine's paths
+        card["robustness_suite"] = suite
     return meta | {"card": card}
 
 
@@ -134,6 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, nargs="?", help="training run folder (holds NAME.safetensors + NAME.json)")
     parser.add_argument("--evaluation", type=Path, help="results.json written by `sdenhance evaluate`")
+    parser.add_argument("--suite", type=Path, help="suite.json written by `sdenhance evaluate --suite`")
     parser.add_argument("--refresh-noise-range", metavar="NAME", help="re-measure a shipped card's noise range only")
     args = parser.parse_args()
     if args.refresh_noise_range:
@@ -148,11 +151,12 @@ def main() -> None:
     weights = next(args.run.glob("*.safetensors"))
     meta = read_card(weights).meta
     evaluation = json.loads(args.evaluation.read_text(encoding="utf-8")) if args.evaluation else None
+    suite = json.loads(args.suite.read_text(encoding="utf-8")) if args.suite else None
     SHIPPED_DIR.mkdir(exist_ok=True)
     shipped = SHIPPED_DIR / weights.name
     shutil.copyfile(weights, shipped)
     shipped.with_suffix(".json").write_text(
-        json.dumps(complete_card(meta, evaluation), indent=2) + "\n", encoding="utf-8"
+        json.dumps(complete_card(meta, evaluation, suite), indent=2) + "\n", encoding="utf-8"
     )
     print(f"shipped {shipped} ({shipped.stat().st_size / 1e6:.1f} MB)")
 
