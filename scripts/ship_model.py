@@ -117,6 +117,8 @@ def complete_card(meta: dict, evaluation: dict | None, suite: dict | None = None
         "training_scans": licences(training["train_files"], DATA_MANIFEST),
         "validation_scans": training["val_files"],
         "degradation": training["degradation"],
+        "patch_degradation": training.get("patch_degradation"),  # drawn afresh for patch_share of the patches
+        "patch_share": training.get("patch_share", 0.0),
         "spacing_range_mm": spacing_range(training["spacing_zyx"]),
         "noise_range": noise_range(CONFIG_DIR / f"{meta['name']}.yaml"),
         "sparse_steps_K": meta["schedule"]["steps"],
