@@ -227,8 +227,8 @@ class PatchDenoiser:
 
 
 def uses_channels_last(config: SamplerConfig, device: torch.device) -> bool:
-    """Channels-last 3D pays off with bf16 autocast on CPU (oneDNN: sampling 1.6x faster with AMX, 1.4x with
-    AVX512-BF16); it was neutral in float32 and is unmeasured on CUDA, so elsewhere it is used only when asked for."""
+    """Channels-last 3D pays off with bf16 autocast on CPU (oneDNN, with AMX or AVX512-BF16: README, Performance);
+    it was neutral in float32 and is unmeasured on CUDA, so elsewhere it is used only when asked for."""
     if config.channels_last is not None:
         return config.channels_last
     return device.type == "cpu" and config.precision == "bf16"
