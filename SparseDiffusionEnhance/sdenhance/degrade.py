@@ -73,8 +73,8 @@ def low_dose_ct(
     there is air plus noise (callers clip to [-1024, 3071]). Slices must hold the whole cross-section: rays
     through anatomy cropped away are missed and get too little noise.
 
-    Timing: 512 x 512 x 100 takes ~35 s of one core (805 views; measured 70 s wall at a 47 % CPU share),
-    peak memory ~0.8 GB.
+    Cost grows with slices x views x pixels (seconds per 512 x 512 slice on one core); memory is bounded by
+    ``SLICES_PER_CHUNK``.
     """
     _check_fraction("dose_fraction", dose_fraction)
     window = _fbp_window(reconstruction_filter)
