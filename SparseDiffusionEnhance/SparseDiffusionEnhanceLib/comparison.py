@@ -6,7 +6,9 @@ import enum
 
 import numpy as np
 import slicer
+import vtk
 
+from .settings import Axis
 from .volumes import engineVolume, uncertaintyOf
 
 DIFFERENCE_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
@@ -53,6 +55,38 @@ def showComparison(applicationLogic, inputNode, enhancedNode, overlayNode=None) 
         composite = yellow.GetSliceCompositeNode()
         composite.SetForegroundVolumeID(overlayNode.GetID())
         composite.SetForegroundOpacity(OVERLAY_OPACITY)
+
+
+#: The IJK index of each image axis.
+IJK_COLUMN = {Axis.X: 0, Axis.Y: 1, Axis.Z: 2}
+
+
+def shownSlice(applicationLogic, volumeNode, axis: Axis) -> int:
+    """The slice of ``volumeNode`` along ``axis`` through the centre of the Red view (the nearest slice when the
+    centre lies outside the volume)."""
+    sliceToRAS = applicationLogic.GetSliceLogicByLayoutName("Red").GetSliceNode().GetSliceToRAS()
+    centre = [sliceToRAS.GetElement(row, 3) for row in range(3)]
+    worldToLocal = vtk.vtkGeneralTransform()  # the volume may sit under a transform, linear or not
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, volumeNode.GetParentTransformNode(), worldToLocal)
+    rasToIJK = vtk.vtkMatrix4x4()
+    volumeNode.GetRASToIJKMatrix(rasToIJK)
+    ijk = rasToIJK.MultiplyPoint([*worldToLocal.TransformPoint(centre), 1.0])
+    column = IJK_COLUMN[axis]
+    return int(np.clip(round(ijk[column]), 0, volumeNode.GetImageData().GetDimensions()[column] - 1))
+
+
+def showSlice(applicationLogic, volumeNode, axis: Axis, index: int) -> None:
+    """Centre the Red and Yellow views on the centre of slice ``index`` of ``volumeNode`` along ``axis`` (so that
+    ``shownSlice`` finds it again, whatever the views' orientation)."""
+    ijk = [(size - 1) / 2 for size in volumeNode.GetImageData().GetDimensions()]
+    ijk[IJK_COLUMN[axis]] = index
+    ijkToRAS = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijkToRAS)
+    localToWorld = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(volumeNode.GetParentTransformNode(), None, localToWorld)
+    point = localToWorld.TransformPoint(ijkToRAS.MultiplyPoint([*ijk, 1.0])[:3])
+    for name in ("Red", "Yellow"):
+        applicationLogic.GetSliceLogicByLayoutName(name).GetSliceNode().JumpSliceByCentering(*point)
 
 
 class Overlay(enum.Enum):

@@ -100,6 +100,7 @@ class EnhanceSettings:
     device: Device = Device.AUTO
     gpu: int = 0  # which GPU (nvidia-smi's index) when device is GPU
     samples: int = 1  # > 1: the result is their mean and their spread comes back as an uncertainty volume
+    preview: int | None = None  # enhance only the patches around this input slice along previewAxis
 
     def __post_init__(self):
         # frozen dataclass: coercion must go through object.__setattr__
@@ -115,10 +116,17 @@ class EnhanceSettings:
             raise ValueError(f"overlap {self.overlap} must be in [0, 1)")
         if not 1 <= self.samples <= MAX_SAMPLES:
             raise ValueError(f"samples {self.samples} must be between 1 and {MAX_SAMPLES}")
+        if self.preview is not None and self.preview < 0:
+            raise ValueError(f"preview slice {self.preview} must not be negative")
 
     @property
     def withUncertainty(self) -> bool:
         return self.samples > 1
+
+    @property
+    def previewAxis(self) -> Axis:
+        """The axis a preview's slice is counted along: the model's through-plane axis (the SR axis, else z)."""
+        return self.axis if self.task == Task.SR else Axis.Z
 
     def workerArguments(self, inputPath: Path, outputPath: Path) -> list[str]:
         """Arguments after the Python executable for ``python -m sdenhance enhance``."""
@@ -135,6 +143,8 @@ class EnhanceSettings:
             args += ["--patch", str(self.patch)]
         if self.withUncertainty:
             args += ["--samples", str(self.samples), "--uncertainty", str(uncertaintyPath(outputPath))]
+        if self.preview is not None:
+            args += ["--preview", str(self.preview)]
         return args
 
     def checkpointProblem(self) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import slicer
 import vtk
 
-from .settings import EnhanceSettings, Task
+from .settings import Axis, EnhanceSettings, Task
 
 if TYPE_CHECKING:
     from sdenhance.io import Volume
@@ -77,19 +77,27 @@ def setGeometry(volumeNode, volume: Volume) -> None:
     volumeNode.SetOrigin(*(LPS_TO_RAS @ np.asarray(volume.origin, dtype=float)).tolist())
 
 
-def expectedGrid(inputNode, settings: EnhanceSettings) -> Volume:
-    """Grid of the result: the input's (denoise), or the engine's finer SR grid over the same extent."""
+def expectedGrid(inputNode, settings: EnhanceSettings, slab: dict | None = None) -> Volume:
+    """Grid of the result: the input's (denoise), or the engine's finer SR grid over the same extent; for a
+    preview only the ``slab`` of it the worker enhanced (its ``preview`` field: axis, start, stop)."""
     grid = engineVolume(inputNode)
     if settings.task == Task.SR:
         from sdenhance.io import fine_grid
 
         grid = fine_grid(grid, settings.factor, settings.axis.value)
+    if slab is not None:
+        from sdenhance.io import AXIS_TO_NUMPY, crop
+
+        axis, start, size = AXIS_TO_NUMPY[slab["axis"]], [0, 0, 0], list(grid.array.shape)
+        start[axis], size[axis] = slab["start"], slab["stop"] - slab["start"]
+        grid = crop(grid, start, size)
     return grid
 
 
-def importResult(path: Path, inputNode, outputNode, settings: EnhanceSettings):
-    """Load the worker's file into ``outputNode`` and give it the geometry derived from ``inputNode``."""
-    grid = expectedGrid(inputNode, settings)
+def importResult(path: Path, inputNode, outputNode, settings: EnhanceSettings, slab: dict | None = None):
+    """Load the worker's file into ``outputNode`` and give it the geometry derived from ``inputNode`` (and, for a
+    preview, the slab the worker reported)."""
+    grid = expectedGrid(inputNode, settings, slab)
     readVolumeFile(path, outputNode)
     received = tuple(reversed(outputNode.GetImageData().GetDimensions()))
     if received != grid.array.shape:
@@ -100,6 +108,8 @@ def importResult(path: Path, inputNode, outputNode, settings: EnhanceSettings):
 
 
 def resultName(inputNode, settings: EnhanceSettings) -> str:
+    if settings.preview is not None:
+        return f"{inputNode.GetName()} preview"
     return f"{inputNode.GetName()} enhanced ({settings.describe()})"
 
 
@@ -131,11 +141,36 @@ def setProvenance(outputNode, inputNode, settings: EnhanceSettings, finished: di
     }
     if settings.task == Task.SR:
         values.update(factor=settings.factor, axis=settings.axis.value)
+    if settings.preview is not None:  # the input slice it previews, along settings.previewAxis
+        values["preview"] = settings.preview
     if finished.get("warnings"):  # e.g. noise or spacing outside the model's range: kept with the result
         values["warnings"] = " | ".join(finished["warnings"])
     for key, value in values.items():
         outputNode.SetAttribute(ATTRIBUTE_PREFIX + key, str(value))
     outputNode.SetNodeReferenceID(INPUT_REFERENCE, inputNode.GetID())
+
+
+def previewOf(inputNode):
+    """The preview made earlier from ``inputNode``, which the next one reuses (None if there is none)."""
+    volumes = inputNode.GetScene().GetNodesByClass("vtkMRMLScalarVolumeNode")
+    for node in (volumes.GetItemAsObject(i) for i in range(volumes.GetNumberOfItems())):
+        source = inputOf(node)
+        if (
+            node.GetAttribute(ATTRIBUTE_PREFIX + "preview") is not None
+            and source
+            and source.GetID() == inputNode.GetID()
+        ):
+            return node
+    return None
+
+
+def previewedSlice(resultNode) -> tuple[Axis, int] | None:
+    """(axis, index) of the input slice a preview was made around; None for other volumes."""
+    values = provenance(resultNode)
+    if "preview" not in values:
+        return None
+    settings = EnhanceSettings(task=values.get("task", "denoise"), axis=values.get("axis", "z"))
+    return settings.previewAxis, int(values["preview"])
 
 
 def inputOf(resultNode):

@@ -101,6 +101,7 @@ class Progress:
     elapsed: float = 0.0
     remaining: float | None = None
     device: str = ""
+    estimate: float | None = None  # the engine's estimate of the whole run, made before it started
 
     def describe(self) -> str:
         if not self.total:
@@ -108,6 +109,8 @@ class Progress:
         text = f"Step {self.step} of {self.total}"
         if self.remaining is not None and self.step:
             text += f", about {formatDuration(self.remaining)} left"
+        elif self.estimate is not None:
+            text += f", estimated {formatDuration(self.estimate)}"
         return text + (f" ({self.device})" if self.device else "")
 
 
@@ -259,7 +262,11 @@ class WorkerProcess:
         kind = event["event"]
         if kind == "start":
             self.started = event
-            self.progress = Progress(total=int(event.get("evaluations", 0)), device=str(event.get("device", "")))
+            self.progress = Progress(
+                total=int(event.get("evaluations", 0)),
+                device=str(event.get("device", "")),
+                estimate=event.get("estimate_s"),
+            )
         elif kind == "step":
             self.progress.step = int(event["step"])
             self.progress.total = int(event.get("total", self.progress.total))

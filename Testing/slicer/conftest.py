@@ -7,6 +7,8 @@ failed. The wheel has MRML, the MRML logics and ``slicer.util``, but no applicat
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from sde_slicer_helpers import SLICER_CORE_MISSING, obliqueMatrix, syntheticArray
 
@@ -52,6 +54,16 @@ def obliqueVolume(scene):
     import slicer
 
     return slicer.util.addVolumeFromArray(syntheticArray(), obliqueMatrix(), name="CT oblique")
+
+
+@pytest.fixture
+def logic(scene, tmp_path):
+    """The batch logic, running the worker with this interpreter and its temporary files in an empty folder."""
+    from SparseDiffusionEnhanceLib import EnhanceLogic
+
+    tempRoot = tmp_path / "temp"
+    tempRoot.mkdir()
+    return EnhanceLogic(python=sys.executable, tempRoot=str(tempRoot))
 
 
 @pytest.fixture(scope="session")

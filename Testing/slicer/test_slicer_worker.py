@@ -16,7 +16,6 @@ psutil = pytest.importorskip("psutil")
 
 from SparseDiffusionEnhanceLib import (  # noqa: E402
     Axis,
-    EnhanceLogic,
     EnhanceSettings,
     Phase,
     Progress,
@@ -83,14 +82,6 @@ def test_several_samples_ask_for_an_uncertainty_file_beside_the_result():
     assert "--uncertainty" not in EnhanceSettings(samples=1).workerArguments("in.nrrd", "out.nrrd")
     with pytest.raises(ValueError, match="between 1 and 8"):
         EnhanceSettings(samples=9)
-
-
-@pytest.fixture
-def logic(tmp_path):
-    """The batch logic, running the worker with this interpreter and its temporary files in an empty folder."""
-    tempRoot = tmp_path / "temp"
-    tempRoot.mkdir()
-    return EnhanceLogic(python=sys.executable, tempRoot=str(tempRoot))
 
 
 def test_enhance_runs_the_engine_and_imports_the_result(logic, obliqueVolume, scene, tinyCheckpoints):
