@@ -8,15 +8,20 @@ from __future__ import annotations
 import importlib
 import signal
 
-EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CHECKPOINT, EXIT_MEMORY = 0, 1, 2, 3, 4
-#: What each non-zero exit code means (0 is success).
-EXIT_KINDS: dict[int, str] = {1: "internal", 2: "input", 3: "checkpoint", 4: "memory"}
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CHECKPOINT, EXIT_MEMORY, EXIT_SERVER = 0, 1, 2, 3, 4, 5
+#: What each non-zero exit code means (0 is success); "server": a processing server refused or was lost.
+EXIT_KINDS: dict[int, str] = {1: "internal", 2: "input", 3: "checkpoint", 4: "memory", 5: "server"}
 #: The shell's convention for a process ended by SIGTERM (the Slicer worker's Cancel).
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 OUT_OF_MEMORY_ADVICE = "out of memory: use --device cpu, a smaller --batch or a smaller --patch"
 #: Optional packages by pip extra: the engine runs without them, these commands do not.
-EXTRAS = {"eval": ("matplotlib", "pywt"), "dicom": ("pydicom",)}
+EXTRAS = {
+    "eval": ("matplotlib", "pywt"),
+    "dicom": ("pydicom",),
+    "server": ("fastapi", "uvicorn"),
+    "client": ("requests",),
+}
 #: OS errors about a path the user gave (missing, existing, not writable): input problems, not bugs.
 USER_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
