@@ -1,6 +1,7 @@
-"""``sdenhance`` command line: enhance, models, train, evaluate, demo.
+"""``sdenhance`` command line: enhance, models, train, evaluate, demo, serve, batch.
 
-Exit codes: 0 success, 1 unexpected error, 2 bad input or usage, 3 checkpoint problem, 4 out of memory.
+Exit codes: 0 success, 1 unexpected error, 2 bad input or usage, 3 checkpoint problem, 4 out of memory, 5 a
+processing server refused or was lost (``enhance --server``).
 With ``--progress jsonl`` every line on stdout is one JSON object (start, step..., done | error), which is
 what the Slicer module's worker runner reads.
 """
@@ -10,14 +11,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from pathlib import Path
 
 from . import __version__
+from .batch import add_batch_parser
 from .demo import add_demo_parser
 from .dicom import check_dicom_output, write_dicom_series
 from .errors import EXIT_INTERNAL, InputError, Terminated, VolumeError, classify, require
@@ -145,6 +149,8 @@ def add_enhance_parser(sub) -> None:
         choices=["dicom"],
         help="dicom: write a derived DICOM series into the folder -o (the input must be a DICOM series folder)",
     )
+    p.add_argument("--server", metavar="URL", help="run on this processing server (`sdenhance serve`), not here")
+    p.add_argument("--token", help="the server's token (default: $SDENHANCE_TOKEN)")
     p.set_defaults(func=run_enhance)
 
 
@@ -171,6 +177,8 @@ def check_outputs(args) -> list[Path]:
 def run_enhance(args) -> int:
     reporter = args.reporter
     outputs = check_outputs(args)
+    if args.server:
+        return run_on_server(args, outputs)
     volume = read_volume(args.input)
     validate_intensities(volume.array)
     card = resolve(args.checkpoint) if args.checkpoint else default_for(args.task, args.modality, args.factor)
@@ -326,6 +334,134 @@ def run_train(args) -> int:
     return 0
 
 
+def run_on_server(args, outputs: list[Path]) -> int:
+    """``enhance`` on a processing server: the same options, progress events, result and provenance."""
+    from .client import Client, options_of
+
+    if args.format == "dicom":
+        raise InputError("--format dicom needs the DICOM input on this computer; leave out --server")
+    token = args.token or os.environ.get("SDENHANCE_TOKEN")
+    if not token:
+        raise InputError("--server needs the server's token: pass --token or set SDENHANCE_TOKEN")
+    with _uploadable(Path(args.input)) as upload:
+        done = Client(args.server, token).run(
+            upload, outputs, options_of(args), on_status=lambda status: _replay(args.reporter, status["events"])
+        )
+    provenance = {k: v for k, v in done.items() if k not in ("seconds", "warnings")}  # done() adds its own
+    args.reporter.done(**provenance, output=str(outputs[0]), uncertainty=args.uncertainty)
+    return 0
+
+
+@contextlib.contextmanager
+def _uploadable(path: Path):
+    """``path`` if a server takes it as it is; else (a DICOM folder, an .mhd) a temporary NRRD copy of it."""
+    from .client import format_of
+
+    if format_of(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="sdenhance-upload-") as folder:
+        yield write_volume(read_volume(path), Path(folder) / "input.nrrd")
+
+
+def _replay(reporter: Reporter, events: list[dict]) -> None:
+    """A server's progress events, reported here as a local run reports its own."""
+    for event in events:
+        fields = {k: v for k, v in event.items() if k != "event"}
+        if event["event"] == "start":
+            reporter.start(**fields)
+        elif event["event"] == "step":
+            reporter.windows(fields["step"], fields["total"])  # steps stand in for windows: same fraction
+        elif event["event"] == "warning":
+            reporter.warning(fields["message"])
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """Raises InputError instead of exiting, for arguments that come from a server request or a batch list."""
+
+    def error(self, message):
+        raise InputError(f"invalid enhance option: {message}")
+
+
+def parse_enhance(argv: list[str]) -> argparse.Namespace:
+    """``enhance`` arguments (input first) parsed exactly as on the command line."""
+    parser = _RaisingParser(prog="sdenhance")
+    add_enhance_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["enhance", *argv])
+
+
+class _ListeningReporter(Reporter):
+    """Hands every event to ``on_event``, and stops the run between batches of patches once ``should_stop()``."""
+
+    def __init__(self, on_event, should_stop):
+        super().__init__("none")
+        self.on_event, self.should_stop = on_event, should_stop
+        self.finished: dict = {}
+
+    def emit(self, event: str, **fields) -> None:
+        record = {"event": event, **fields}
+        if event == "done":
+            self.finished = record
+        self.on_event(record)
+
+    def windows(self, done: int, total: int) -> None:
+        if self.should_stop():
+            raise Terminated("cancelled before the run finished; no partial output is left")
+        super().windows(done, total)
+
+
+def enhance_in_process(argv: list[str], device: str | None, on_event, should_stop) -> dict:
+    """``enhance`` with ``argv`` in this process (a server's job, one scan of a batch), on ``device`` if given
+    ("cuda:1"; else the arguments' --device); errors are raised, not printed. Returns the ``done`` event."""
+    args = parse_enhance(argv)
+    if device:
+        args.device = device
+    args.reporter = _ListeningReporter(on_event, should_stop)
+    run_enhance(args)
+    return args.reporter.finished
+
+
+def add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="a processing server: other computers (and Slicer) enhance on this one")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
+    p.add_argument("--port", type=int, default=8765, help="port (0: any free one; the URL is printed)")
+    p.add_argument(
+        "--token", help="the token clients must send (default: $SDENHANCE_TOKEN; on loopback one is made and printed)"
+    )
+    p.add_argument("--models", help="folder of further .safetensors checkpoints (with their .json) clients may name")
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: a worker per GPU, else one CPU worker"
+    )
+    p.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest upload (default 1024 MB)")
+    p.add_argument("--max-voxels", type=int, default=512 * 512 * 1024, help="largest volume (default 512x512x1024)")
+    p.add_argument("--max-queued", type=int, default=32, help="jobs waiting at most (default 32)")
+    p.add_argument("--keep-minutes", type=float, default=30.0, help="how long a result waits for its download")
+    p.add_argument("--work-dir", help="where job files are kept while they last (default: the temporary folder)")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args) -> int:
+    require("server")
+    from .server import prepare
+
+    prepared = prepare(args, parse_enhance, enhance_in_process)
+    print(f"sdenhance serve: listening on {prepared.url}", flush=True)
+    if prepared.generated:
+        print(f"token (clients pass it with --token): {prepared.token}", flush=True)
+    try:
+        prepared.server.run(sockets=[prepared.sock])
+    except (Terminated, KeyboardInterrupt):  # uvicorn has shut down cleanly, then passed the signal on
+        pass
+    print("sdenhance serve: stopped; its job files are removed", flush=True)
+    return 0
+
+
+def run_batch(args) -> int:
+    from .batch import run_sharded
+
+    return run_sharded(args, parse_enhance, enhance_in_process)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdenhance", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"sdenhance {__version__}")
@@ -335,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_evaluate_parser(sub)
     add_demo_parser(sub)
+    add_serve_parser(sub)
+    add_batch_parser(sub, run_batch)
     return parser
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -47,3 +50,24 @@ def make_tiny_checkpoint(
         card={"summary": "random weights, for tests only"},
     )
     return save_checkpoint(model, meta, Path(folder) / f"{name}.safetensors")
+
+
+@contextlib.contextmanager
+def serve_in_thread(*argv: str):
+    """A real ``sdenhance serve`` (``argv``: its options) on a free loopback port in a thread; yields its URL."""
+    from .cli import build_parser, enhance_in_process, parse_enhance
+    from .server import prepare
+
+    prepared = prepare(build_parser().parse_args(["serve", "--port", "0", *argv]), parse_enhance, enhance_in_process)
+    thread = threading.Thread(target=prepared.server.run, kwargs={"sockets": [prepared.sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not prepared.server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield prepared.url
+    finally:
+        prepared.server.should_exit = True
+        thread.join(timeout=60)
