@@ -25,6 +25,10 @@ from slicer.util import VTKObservationMixin
 
 #: The engine needs Python 3.11 or newer: Slicer 5.10 ships 3.12, Slicer 5.8 and older ship 3.9.
 MINIMUM_SLICER = (5, 10)
+#: Application settings (qt.QSettings) of Advanced -> Process on: per computer and user, never in a scene.
+PROCESS_ON_SETTING = "SparseDiffusionEnhance/ProcessOn"
+SERVER_URL_SETTING = "SparseDiffusionEnhance/ServerURL"
+SERVER_TOKEN_SETTING = "SparseDiffusionEnhance/ServerToken"
 
 
 def unsupportedSlicerMessage() -> str:
@@ -43,6 +47,7 @@ UNSUPPORTED = unsupportedSlicerMessage()
 if not UNSUPPORTED:  # the Lib and the engine need the newer Python; importing them on an older Slicer would fail
     from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
     from SparseDiffusionEnhanceLib import (
+        CLIENT_REQUIREMENTS,
         MAX_SAMPLES,
         SAMPLE_NAME,
         SR_FACTORS,
@@ -52,6 +57,7 @@ if not UNSUPPORTED:  # the Lib and the engine need the newer Python; importing t
         EnhanceSettings,
         Overlay,
         Phase,
+        ServerConnection,
         Task,
         ensureDependencies,
         forgetImports,
@@ -237,6 +243,10 @@ class SparseDiffusionEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
         self.ui.checkpointComboBox.connect("activated(int)", self.onCheckpointActivated)
+        self._loadServerChoice()
+        self.ui.processOnComboBox.connect("currentIndexChanged(int)", self._saveServerChoice)
+        self.ui.serverUrlLineEdit.connect("textChanged(QString)", self._saveServerChoice)
+        self.ui.serverTokenLineEdit.connect("textChanged(QString)", self._saveServerChoice)
 
         self.initializeParameterNode()
 
@@ -299,9 +309,37 @@ class SparseDiffusionEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._showGpuChoice()
         self._updateControls()
 
+    def _loadServerChoice(self) -> None:
+        settings = qt.QSettings()
+        self.ui.processOnComboBox.currentIndex = 1 if settings.value(PROCESS_ON_SETTING) == "server" else 0
+        self.ui.serverUrlLineEdit.text = settings.value(SERVER_URL_SETTING) or ""
+        self.ui.serverTokenLineEdit.text = settings.value(SERVER_TOKEN_SETTING) or ""
+        self._showServerFields()
+
+    def _saveServerChoice(self, *unused) -> None:
+        """Advanced -> Process on, URL and token go to the application settings (the token never to the scene)."""
+        settings = qt.QSettings()
+        settings.setValue(PROCESS_ON_SETTING, "server" if self.ui.processOnComboBox.currentIndex == 1 else "local")
+        settings.setValue(SERVER_URL_SETTING, self.ui.serverUrlLineEdit.text.strip())
+        settings.setValue(SERVER_TOKEN_SETTING, self.ui.serverTokenLineEdit.text.strip())
+        self._showServerFields()
+        if self._parameterNode:
+            self._showGpuChoice()
+            self._updateControls()
+
+    def _showServerFields(self) -> None:
+        """URL and token only for a server; device and GPU only for this computer (the server has its own)."""
+        remote = self.ui.processOnComboBox.currentIndex == 1
+        ui = self.ui
+        for widget in (ui.serverUrlLabel, ui.serverUrlLineEdit, ui.serverTokenLabel, ui.serverTokenLineEdit):
+            widget.visible = remote
+        for widget in (ui.deviceLabel, ui.deviceComboBox):
+            widget.visible = not remote
+
     def _showGpuChoice(self) -> None:
         """The GPU index only matters, and is only shown, for Device: GPU on a machine with several."""
-        several = self._parameterNode.device == Device.GPU and len(self._gpus) > 1
+        local = self.ui.processOnComboBox.currentIndex == 0
+        several = local and self._parameterNode.device == Device.GPU and len(self._gpus) > 1
         self.ui.gpuLabel.visible = several
         self.ui.gpuWidget.visible = several
         if several:
@@ -411,6 +449,9 @@ class SparseDiffusionEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationM
         parameters = self._parameterNode
         if not parameters or not parameters.inputVolume:
             return _("Select an input volume.")
+        server = SparseDiffusionEnhanceLogic.serverConnection()
+        if server is not None and not (server.url and server.token):
+            return _("Enter the server's URL and token (Advanced), or choose Process on: This computer.")
         if not parameters.checkpoint:
             return _("Choose a model: Browse… for a .safetensors checkpoint.")
         if parameters.outputVolume == parameters.inputVolume:
@@ -434,6 +475,7 @@ class SparseDiffusionEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationM
             return
         self._message = ""
         self.ui.logTextEdit.clear()
+        self.logic.batch.server = self.logic.serverConnection()
         self._setState(ProcessingState.STARTING)
         try:
             if self.logic.ensureDependencies(onStatus=self._showStatus):
@@ -524,9 +566,18 @@ class SparseDiffusionEnhanceLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return SparseDiffusionEnhanceParameterNode(super().getParameterNode())
 
+    @staticmethod
+    def serverConnection():
+        """The processing server chosen in the panel (Advanced -> Process on: Server), or None for this computer."""
+        settings = qt.QSettings()
+        if settings.value(PROCESS_ON_SETTING) != "server":
+            return None
+        return ServerConnection(settings.value(SERVER_URL_SETTING) or "", settings.value(SERVER_TOKEN_SETTING) or "")
+
     def ensureDependencies(self, onStatus=None) -> bool:
         """Offer to install missing Python packages; True when the worker can run."""
-        return ensureDependencies(slicer.util.confirmOkCancelDisplay, onStatus=onStatus)
+        requirements = list(CLIENT_REQUIREMENTS) if self.batch.server else None  # a server runs the engine itself
+        return ensureDependencies(slicer.util.confirmOkCancelDisplay, requirements, onStatus=onStatus)
 
     def enhance(self, inputNode, *args, **kwargs):
         self._requireDependencies()
@@ -600,6 +651,7 @@ class SparseDiffusionEnhanceTest(ScriptedLoadableModuleTest):
         for test in (
             self.test_ParameterNodeSavedWithScene,
             self.test_PanelWidgetsAreBound,
+            self.test_PanelServerChoice,
             self.test_EnhanceAndCompare,
             self.test_PanelEnhanceAndCancel,
         ):
@@ -702,6 +754,42 @@ class SparseDiffusionEnhanceTest(ScriptedLoadableModuleTest):
         self.assertIn("Samples of 2 or more", widget.ui.applyButton.toolTip)
         parameters.samples = 2
         self.assertEqual(widget.ui.applyButton.enabled, bool(parameters.checkpoint))
+
+    def test_PanelServerChoice(self):
+        self.delayDisplay("Panel: Process on: Server asks for URL and token and keeps them out of the scene")
+        widget = slicer.util.getModuleWidget("SparseDiffusionEnhance")
+        widget.initializeParameterNode()
+        widget.logic.getParameterNode().inputVolume = self.syntheticVolume()
+        settings = qt.QSettings()
+        keys = (PROCESS_ON_SETTING, SERVER_URL_SETTING, SERVER_TOKEN_SETTING)
+        saved = [settings.value(key) for key in keys]
+        token = "self-test-token-0123456789"
+        try:
+            widget.ui.processOnComboBox.currentIndex = 1
+            widget.ui.serverUrlLineEdit.text = ""
+            self.assertFalse(widget.ui.serverTokenLineEdit.isHidden())
+            self.assertTrue(widget.ui.deviceComboBox.isHidden())
+            self.assertFalse(widget.ui.applyButton.enabled)
+            self.assertIn("server's URL and token", widget.ui.applyButton.toolTip)
+            widget.ui.serverUrlLineEdit.text = "http://127.0.0.1:8765"
+            widget.ui.serverTokenLineEdit.text = token
+            self.assertEqual(settings.value(SERVER_TOKEN_SETTING), token)
+            self.assertEqual(
+                SparseDiffusionEnhanceLogic.serverConnection(), ServerConnection("http://127.0.0.1:8765", token)
+            )
+            slicer.mrmlScene.SetSaveToXMLString(1)
+            slicer.mrmlScene.Commit()
+            self.assertNotIn(token, slicer.mrmlScene.GetSceneXMLString())
+        finally:
+            for key, value in zip(keys, saved, strict=True):
+                if value is None:
+                    settings.remove(key)
+                else:
+                    settings.setValue(key, value)
+            widget._loadServerChoice()
+        self.assertEqual(
+            widget.ui.deviceComboBox.isHidden(), SparseDiffusionEnhanceLogic.serverConnection() is not None
+        )
 
     def test_EnhanceAndCompare(self):
         self.requireEngine()

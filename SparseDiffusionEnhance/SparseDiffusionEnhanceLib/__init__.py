@@ -7,8 +7,15 @@ are imported up front, and ``io`` (SimpleITK) when a volume's grid is needed.
 import sys
 
 from .comparison import Overlay, differenceVolume, overlayVolume, showComparison, uncertaintyVolume
-from .dependencies import ensureDependencies, installPlan, missingRequirements, readRequirements
+from .dependencies import (
+    CLIENT_REQUIREMENTS,
+    ensureDependencies,
+    installPlan,
+    missingRequirements,
+    readRequirements,
+)
 from .logic import EnhanceJob, EnhanceLogic, Phase, outputPathFor
+from .remote import RemoteWorker, ServerConnection
 from .sampledata import SAMPLE_NAME, loadLowDosePhantom
 from .settings import MAX_SAMPLES, SR_FACTORS, Axis, Device, EnhanceSettings, Task, listGpus, parseGpuList
 from .volumes import exportVolume, importResult, inputOf, provenance, uncertaintyOf
@@ -34,6 +41,7 @@ def forgetImports() -> None:
 
 
 __all__ = [
+    "CLIENT_REQUIREMENTS",
     "MAX_SAMPLES",
     "SAMPLE_NAME",
     "SR_FACTORS",
@@ -45,6 +53,8 @@ __all__ = [
     "Overlay",
     "Phase",
     "Progress",
+    "RemoteWorker",
+    "ServerConnection",
     "Task",
     "WorkerError",
     "WorkerProcess",

@@ -19,6 +19,8 @@ from packaging.requirements import Requirement
 from .worker import launchEngine
 
 REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
+#: What a run on a processing server needs here instead: only the client's HTTP library (Slicer ships it).
+CLIENT_REQUIREMENTS = (Requirement("requests>=2.31"),)
 
 
 def readRequirements(path: Path = REQUIREMENTS_FILE) -> list[Requirement]:

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .remote import ServerConnection, makeWorker
 from .settings import EnhanceSettings, splitSuffix, uncertaintyPath
 from .volumes import (
     UNCERTAINTY_REFERENCE,
@@ -56,6 +57,7 @@ class EnhanceJob:
         tempRoot: str | None = None,
         onChange: Callable[[EnhanceJob], None] | None = None,
         onOutput: Callable[[str], None] | None = None,
+        server: ServerConnection | None = None,
     ):
         self.inputNode = inputNode
         self.settings = settings
@@ -64,6 +66,7 @@ class EnhanceJob:
         self.tempRoot = tempRoot
         self.onChange = onChange
         self.onOutput = onOutput
+        self.server = server
         self.phase = Phase.STARTING
         self.error: WorkerError | None = None
         self.folder: Path | None = None
@@ -88,10 +91,11 @@ class EnhanceJob:
         self.folder = Path(tempfile.mkdtemp(prefix="SparseDiffusionEnhance-", dir=self.tempRoot))
         try:
             inputPath = exportVolume(self.inputNode, self.folder)
-            self.worker = WorkerProcess(
+            self.worker = makeWorker(
                 self.settings.workerArguments(inputPath, self.resultPath),
                 self.settings.workerEnvironment(),
                 self.python,
+                self.server,
                 onEvent=lambda event: self._notify(),
                 onOutput=self.onOutput,
             )
@@ -217,13 +221,15 @@ def outputPathFor(inputPath: Path, outputDir: Path, settings: EnhanceSettings) -
 class EnhanceLogic:
     """Batch entry points; the module's Logic class is a thin Slicer facade over this."""
 
-    def __init__(self, python: str | None = None, tempRoot: str | None = None):
+    def __init__(self, python: str | None = None, tempRoot: str | None = None, server: ServerConnection | None = None):
         self.python = python  # None: PythonSlicer inside Slicer, this interpreter elsewhere (when a worker starts)
         self.tempRoot = tempRoot
+        self.server = server  # None: runs on this computer; else on that processing server
 
     def startJob(self, inputNode, settings: EnhanceSettings, outputNode=None, onChange=None, onOutput=None):
         """Export ``inputNode`` and start the worker; the running EnhanceJob (see its ``poll()``)."""
-        return EnhanceJob(inputNode, settings, outputNode, self.python, self.tempRoot, onChange, onOutput).start()
+        job = EnhanceJob(inputNode, settings, outputNode, self.python, self.tempRoot, onChange, onOutput, self.server)
+        return job.start()
 
     def enhance(
         self,
@@ -266,10 +272,11 @@ class EnhanceLogic:
         written, failures = [], []
         for inputPath in map(Path, paths):
             outputPath = outputPathFor(inputPath, Path(outputDir), enhanceSettings)
-            worker = WorkerProcess(
+            worker = makeWorker(
                 enhanceSettings.workerArguments(inputPath, outputPath),
                 enhanceSettings.workerEnvironment(),
                 self.python,
+                self.server,
                 onEvent=(lambda event, p=inputPath: onProgress(p, event)) if onProgress else None,
             )
             worker.start()

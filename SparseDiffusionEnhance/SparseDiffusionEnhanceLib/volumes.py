@@ -143,6 +143,8 @@ def setProvenance(outputNode, inputNode, settings: EnhanceSettings, finished: di
         values.update(factor=settings.factor, axis=settings.axis.value)
     if settings.preview is not None:  # the input slice it previews, along settings.previewAxis
         values["preview"] = settings.preview
+    if finished.get("server"):  # made on a processing server (its URL; never the token)
+        values["server"] = finished["server"]
     if finished.get("warnings"):  # e.g. noise or spacing outside the model's range: kept with the result
         values["warnings"] = " | ".join(finished["warnings"])
     for key, value in values.items():
