@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import EXIT_INTERNAL, EXIT_SERVER, EngineError, Terminated, require
+from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_SERVER, EngineError, Terminated, require
 
 #: File types a server accepts as upload and writes as result: single files, no detached data.
 UPLOAD_FORMATS = ("nii.gz", "nii", "nrrd", "mha")
@@ -87,6 +87,8 @@ class Client:
         require("client")  # a message naming the pip extra rather than an ImportError
         import requests
 
+        if not url.startswith(("http://", "https://")):
+            raise ServerError(f"the server URL {url!r} must start with http:// or https://", EXIT_INPUT)
         self.url = url.rstrip("/")
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"

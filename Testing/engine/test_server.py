@@ -96,6 +96,12 @@ def test_the_client_reports_a_wrong_token_with_the_servers_message(url):
     assert caught.value.exit_code == EXIT_SERVER
 
 
+def test_a_url_without_its_scheme_is_refused_before_any_request():
+    with pytest.raises(ServerError, match="must start with http:// or https://") as caught:
+        Client("gpu-server:8765", TOKEN)
+    assert caught.value.exit_code == EXIT_INPUT
+
+
 def serve_args(*argv):
     return build_parser().parse_args(["serve", "--port", "0", *argv])
 
