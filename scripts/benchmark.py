@@ -22,6 +22,13 @@ Benchmarks (names for --only), sizes as (z, y, x):
                 <= 5 min on CPU, <= 5 s on one H100.
   reference     FLOPs per voxel and per volume, ours against a stand-in of the reference design (a ~43 M
                 parameter 3D UNet on non-overlapping 128^3 tiles, 11 evaluations per tile): an estimate.
+  costmodel     the cost of a whole scan (--levers-scan) per voxel: FLOPs per network pass per window, passes
+                (K, Heun), overlap factor (voxels in windows / voxels in the volume) and share of windows
+                skipped as air at overlaps 0.25, 0.1 and 0, with the seconds per window measured here.
+  levers        each speed lever on the whole --levers-scan side by side, each in its own `sdenhance enhance`
+                process (--lever-runs, K and overlap): seconds, peak RSS, the estimate printed before the run,
+                PSNR/SSIM against the first run; then --preview of the middle slab with the first two runs'
+                settings, its slice against theirs. Targets: preview <= 3 s, estimate within 30 %.
 
 Without --checkpoint the network is the default architecture with random weights: speed, memory and FLOPs are
 representative, quality figures are not (they are computed and flagged "trained": false). Quality inputs are
@@ -61,9 +68,12 @@ from sdenhance.sampler import (
     SamplerConfig,
     count_windows,
     evaluations,
+    foreground_windows,
     network_context,
     prepare_model,
     sample,
+    sampling_input,
+    seconds_per_window,
     uses_channels_last,
     window_slices,
 )
@@ -73,6 +83,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = REPO.parent / "shared" / "data"
 HELD_OUT_SCAN = "ct/ct_crlm1006_abdomen.nii.gz"  # a validation patient of scripts/configs/ct-denoise.yaml
+LEVERS_SCAN = "ct/ct_lidc0001_chest_gelightspeedplus_2p5mm.nii.gz"  # a whole chest CT, 512x404x80, in no config
 DEGRADATION = {"kind": "ct_low_dose", "dose": 0.25}
 GB = 1024**3
 
@@ -291,9 +302,16 @@ def run_cli(ctx: Context, source: Path, output: Path, *extra: str) -> dict:
     if code != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {code}:\n" + "\n".join(lines[-20:]))
     events = [json.loads(line) for line in lines if line.startswith("{")]
-    done = next(e for e in events if e["event"] == "done")
+    start, done = (next(e for e in events if e["event"] == kind) for kind in ("start", "done"))
     rss = int(rss_file.read_text()) * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
-    return {"wall_s": round(wall, 2), "engine_s": done["seconds"], "peak_rss_gb": round(rss / GB, 3)}
+    out = {
+        "wall_s": round(wall, 2),
+        "engine_s": done["seconds"],
+        "estimate_s": start["estimate_s"],
+        "calibration_s": start["calibration_s"],
+        "peak_rss_gb": round(rss / GB, 3),
+    }
+    return out | ({"preview": done["preview"]} if done.get("preview") else {})
 
 
 def count_flops(fn) -> int:
@@ -590,17 +608,24 @@ def bench_endtoend(ctx: Context) -> dict:
     return out
 
 
-def bench_reference(ctx: Context) -> dict:
-    patch = tuple(ctx.card.meta["patch_size"])
-    steps = ctx.args.steps or ctx.card.meta["schedule"]["steps"]
+def our_flops(card: ModelCard) -> tuple[int, int]:
+    """FLOPs of one network pass over one window (content code given) and of one content encoding."""
+    patch = tuple(card.meta["patch_size"])
     with torch.device("meta"):
-        ours = SparseDiffusionUNet(ModelConfig.from_dict(ctx.card.meta["model"]))
-        theirs = ReferenceStandIn()
+        ours = SparseDiffusionUNet(ModelConfig.from_dict(card.meta["model"]))
         y = torch.empty(1, 1, *patch)
         t, spacing = torch.zeros(1, dtype=torch.long), torch.ones(1, 3)
         content = ours.encode_content(y)
-        ours_net = count_flops(lambda: ours(y, y, t, spacing, content))
-        ours_content = count_flops(lambda: ours.encode_content(y))
+        return count_flops(lambda: ours(y, y, t, spacing, content)), count_flops(lambda: ours.encode_content(y))
+
+
+def bench_reference(ctx: Context) -> dict:
+    patch = tuple(ctx.card.meta["patch_size"])
+    steps = ctx.args.steps or ctx.card.meta["schedule"]["steps"]
+    ours_net, ours_content = our_flops(ctx.card)
+    with torch.device("meta"):
+        ours = SparseDiffusionUNet(ModelConfig.from_dict(ctx.card.meta["model"]))
+        theirs = ReferenceStandIn()
         tile = torch.empty(1, 2, *(REFERENCE_TILE,) * 3)
         theirs_net = count_flops(lambda: theirs(tile, torch.zeros(1)))
     out = {
@@ -645,6 +670,107 @@ def bench_reference(ctx: Context) -> dict:
     return out
 
 
+def levers_input(ctx: Context) -> tuple[Volume, Path, str]:
+    """(volume, its file, description) of the whole scan the lever benchmarks run on (--quick: the phantom)."""
+    if "levers" not in ctx.cases:
+        if ctx.args.levers_scan == "phantom":
+            volume = torso_phantom(ctx.sizes.endtoend)
+            path, source = write_volume(volume, ctx.work / "levers.nrrd", overwrite=True), "phantom"
+        else:
+            path = Path(ctx.args.levers_scan)
+            path = path if path.is_absolute() else ctx.args.data_root / path
+            volume, source = read_volume(path), path.name
+        ctx.cases["levers"] = (volume, path, f"{source} {list(volume.array.shape)}")
+    return ctx.cases["levers"]
+
+
+def bench_costmodel(ctx: Context) -> dict:
+    """FLOPs and predicted seconds of the whole scan per lever, from the windows the network runs on."""
+    volume, _, source = levers_input(ctx)
+    y, _ = normalised(volume, ctx.modality)
+    config = ctx.config()
+    patch, voxels = config.patch_size, y.size
+    y_t = sampling_input(y, patch)
+    forward_flops, content_flops = our_flops(ctx.card)
+    t = max(schedule_of(ctx.card).sparse_timesteps(config.steps))
+    spacing_zyx = tuple(reversed(volume.spacing))
+    forward_s, content_s = seconds_per_window(
+        ctx.model, y_t, foreground_windows(y_t, config), spacing_zyx, config, ctx.device, t
+    )
+    rows = []
+    for overlap in (0.25, 0.1, 0.0):
+        windows = count_windows(tuple(y_t.shape[2:]), patch, overlap)
+        kept = len(foreground_windows(y_t, replace(config, overlap=overlap)))
+        for steps, heun in dict.fromkeys([(1, False), (config.steps, False), (config.steps, True)]):
+            passes = evaluations(replace(config, steps=steps, heun=heun))
+            flops = kept * (passes * forward_flops + content_flops)
+            rows.append(
+                {
+                    "overlap": overlap,
+                    "steps": steps,
+                    "heun": heun,
+                    "evaluations": passes,
+                    "windows": windows,
+                    "kept_windows": kept,
+                    "air_share": round(1 - kept / windows, 4),
+                    "overlap_factor": round(windows * math.prod(patch) / voxels, 3),
+                    "tflops": round(flops / 1e12, 3),
+                    "flops_per_voxel": round(flops / voxels),
+                    "predicted_s": round(kept * (passes * forward_s + content_s), 1),
+                }
+            )
+            print(f"  {rows[-1]}", flush=True)
+    return {
+        "input": source,
+        "shape_zyx": list(y.shape),
+        "patch": list(patch),
+        "flops_per_window_pass": forward_flops,
+        "flops_per_window_content": content_flops,
+        "network_s_per_window": round(forward_s, 4),
+        "content_s_per_window": round(content_s, 4),
+        "network_gflops_per_s": round(forward_flops / forward_s / 1e9, 1),
+        "rows": rows,
+    }
+
+
+def bench_levers(ctx: Context) -> dict:
+    """The levers side by side on the whole scan, then the preview of its middle slab."""
+    volume, path, source = levers_input(ctx)
+    runs, outputs = [], []
+    for i, (steps, overlap) in enumerate(ctx.args.lever_runs):
+        steps = steps or ctx.card.meta["schedule"]["steps"]
+        extra = ["--steps", str(steps), "--overlap", str(overlap)]
+        output = ctx.work / f"lever-{i}.nrrd"
+        run = {"steps": steps, "overlap": overlap} | run_cli(ctx, path, output, *extra)
+        run["estimate_error"] = round(run["estimate_s"] / run["engine_s"] - 1, 3)
+        outputs.append((extra, read_volume(output)))
+        output.unlink()
+        if i:
+            run["vs_first"] = scores(outputs[0][1], outputs[-1][1].array.astype(np.float32), ctx.modality)
+        runs.append(run)
+        print(f"  {run}", flush=True)
+    middle = volume.array.shape[0] // 2
+    previews = []
+    for extra, full in outputs[:2]:
+        output = ctx.work / "preview.nrrd"
+        run = run_cli(ctx, path, output, *extra, "--preview")
+        slab = read_volume(output).array[middle - run["preview"]["start"]].astype(np.float32)
+        difference = slab - full.array[middle].astype(np.float32)
+        run |= {"steps": runs[len(previews)]["steps"], "overlap": runs[len(previews)]["overlap"], "slice": middle}
+        run |= {
+            "slice_max_abs_diff_vs_run": round(float(np.abs(difference).max()), 2),
+            "slice_rms_diff_vs_run": round(float(np.sqrt(np.mean(difference**2))), 3),
+        }
+        previews.append(run)
+        print(f"  preview {run}", flush=True)
+    return {
+        "input": source,
+        "runs": runs,
+        "previews": previews,
+        "target": "preview <= 3 s; estimate_s within 30 % of engine_s",
+    }
+
+
 BENCHMARKS = {
     "overhead": bench_overhead,
     "throughput": bench_throughput,
@@ -653,6 +779,8 @@ BENCHMARKS = {
     "memory": bench_memory,
     "endtoend": bench_endtoend,
     "reference": bench_reference,
+    "costmodel": bench_costmodel,
+    "levers": bench_levers,
 }
 
 
@@ -751,6 +879,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scan", help=f"held-out scan, relative to --data-root (default {HELD_OUT_SCAN}; 'phantom' with --quick)"
     )
     p.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    p.add_argument(
+        "--levers-scan", help=f"whole scan of costmodel/levers (default {LEVERS_SCAN}; 'phantom' with --quick)"
+    )
+    p.add_argument(
+        "--lever-runs",
+        nargs="+",
+        type=_lever_run,
+        default=[_lever_run(run) for run in ("K:0.25", "1:0.25", "1:0.1", "1:0")],
+        metavar="STEPS:OVERLAP",
+        help="runs of the levers benchmark, the first the reference (K: the K the checkpoint was trained for; "
+        "default K:0.25 1:0.25 1:0.1 1:0)",
+    )
     p.add_argument("--degradation", default=json.dumps(DEGRADATION), help="JSON degradation spec")
     p.add_argument("--dense-steps", type=int, help="steps of the dense chain (default 999; 20 with --quick)")
     p.add_argument(
@@ -778,7 +918,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.scan is None:
         args.scan = "phantom" if args.quick else HELD_OUT_SCAN
+    if args.levers_scan is None:
+        args.levers_scan = "phantom" if args.quick else LEVERS_SCAN
     return args
+
+
+def _lever_run(text: str) -> tuple[int | None, float]:
+    """STEPS:OVERLAP, STEPS K meaning the checkpoint's own."""
+    steps, overlap = text.split(":")
+    return (None if steps == "K" else int(steps)), float(overlap)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -870,6 +1018,24 @@ def summary(results: dict) -> str:
             f"end-to-end {'x'.join(map(str, r['shape_zyx']))}: {r['wall_s']} s wall "
             f"({r['engine_s']} s in the engine), peak RSS {r['peak_rss_gb']} GB"
         )
+    if "costmodel" in results:
+        r = results["costmodel"]
+        lines.append(
+            f"cost model {r['input']}: {r['flops_per_window_pass'] / 1e9:.2f} GFLOP per pass per window, "
+            f"{r['network_gflops_per_s']} GFLOP/s here; "
+            + ", ".join(
+                f"K={x['steps']}{'+Heun' if x['heun'] else ''} overlap {x['overlap']}: "
+                f"{x['flops_per_voxel']} FLOP/voxel ({x['predicted_s']} s)"
+                for x in r["rows"]
+            )
+        )
+    if "levers" in results:
+        for x in results["levers"]["runs"] + results["levers"]["previews"]:
+            kind = "preview" if "preview" in x else "run"
+            lines.append(
+                f"levers {kind} K={x['steps']} overlap {x['overlap']}: {x['engine_s']} s (estimated {x['estimate_s']}),"
+                f" {x['peak_rss_gb']} GB, vs first {x.get('vs_first', {}).get('psnr_window', '-')} dB"
+            )
     if "reference" in results:
         for v in results["reference"]["volumes"]:
             lines.append(

@@ -61,9 +61,10 @@ class Reporter:
             from tqdm import tqdm
 
             noise = f", input {fields['noise']}" if fields.get("noise") else ""
+            estimate = f"; estimated {fields['estimate_s']:.0f} s" if "estimate_s" in fields else ""  # old servers
             print(
                 f"device {fields['device']}, {fields['input_shape']} -> {fields['output_shape']}, "
-                f"{self.evaluations} network passes{noise}",
+                f"{self.evaluations} network passes{noise}{estimate}",
                 file=sys.stderr,
             )
             self.bar = tqdm(total=1, unit="patch", desc="enhancing", dynamic_ncols=True)
@@ -108,6 +109,14 @@ def _patch(text: str) -> tuple[int, int, int]:
     return tuple(parts)
 
 
+def _slice_index(text: str) -> int | str:
+    if text == "middle":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a slice index (0, 1, 2, ...) or 'middle'")
+    return int(text)
+
+
 def add_enhance_parser(sub) -> None:
     p = sub.add_parser("enhance", help="denoise or super-resolve a 3D scan")
     p.add_argument("input", help="NIfTI / NRRD / MHA file or DICOM series folder")
@@ -142,6 +151,15 @@ def add_enhance_parser(sub) -> None:
         help="auto: bf16 on CPUs with AMX or AVX512-BF16 (faster, same quality; see README), else fp32",
     )
     p.add_argument("--no-skip-background", action="store_true", help="run the model on air patches too")
+    p.add_argument(
+        "--preview",
+        nargs="?",
+        const="middle",
+        type=_slice_index,
+        metavar="SLICE",
+        help="enhance only the patches around this input slice along the model's through-plane axis (no value: "
+        "the middle one) and write that slab, placed where it lies in the input",
+    )
     p.add_argument("--progress", choices=["bar", "jsonl", "none"], default="bar")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument(
@@ -167,6 +185,8 @@ def check_outputs(args) -> list[Path]:
         output_suffix(output)
         if output.exists() and not args.overwrite:
             raise FileExistsError(f"{output} exists; choose another output or pass --overwrite")
+    if args.preview is not None and args.format == "dicom":
+        raise VolumeError("--preview writes a slab of the volume, not a DICOM series; leave out --format dicom")
     if args.uncertainty and args.samples < 2:
         raise VolumeError(f"--uncertainty needs the spread of several samples: add --samples 4 (or 2-{MAX_SAMPLES})")
     if len(set(o.resolve() for o in outputs)) < len(outputs):
@@ -185,7 +205,7 @@ def run_enhance(args) -> int:
     if args.modality is None:
         check_looks_like(volume, card.modality)
     # torch loads only now, so a bad input or checkpoint fails at once
-    from .pipeline import EnhanceOptions, enhance_volume, plan_enhancement, untrained_timesteps_warning
+    from .pipeline import Enhancement, EnhanceOptions, untrained_timesteps_warning
 
     options = EnhanceOptions(
         task=args.task,
@@ -202,12 +222,17 @@ def run_enhance(args) -> int:
         sw_batch_size=args.batch,
         precision=args.precision,
         skip_background=not args.no_skip_background,
+        preview=args.preview,
     )
-    plan = plan_enhancement(volume, card, options)
+    enhancement = Enhancement(volume, card, options)
+    plan = enhancement.plan
     if warning := spacing_outside_range(card, model_spacing(volume, plan, card)):
         reporter.warning(warning)
     if warning := untrained_timesteps_warning(card, plan.sampler.steps):
         reporter.warning(warning)
+    preview = None
+    if args.preview is not None:  # the output's slices along that axis, so that a caller can place the slab
+        preview = {"axis": plan.slab_axis_name, "start": plan.slab[0], "stop": plan.slab[1]}
     noise = None
     if card.task == "denoise":  # a model for noise only knows the noise levels it was trained on
         from .noise import estimate_noise, noise_outside_range
@@ -223,8 +248,10 @@ def run_enhance(args) -> int:
         checkpoint=card.name,
         engine_version=__version__,
         noise=None if noise is None else str(noise),
+        preview=preview,
+        **_estimate(enhancement),
     )
-    result = enhance_volume(volume, card, options, reporter.windows)
+    result = enhancement.run(reporter.windows)
     if args.format == "dicom":
         how = f"sdenhance {__version__} {args.task} with {card.name}: K={plan.sampler.steps}, seed={args.seed}"
         write_dicom_series(result.volume, Path(args.input), outputs[0], card.name, f"{how}, samples={args.samples}")
@@ -243,8 +270,16 @@ def run_enhance(args) -> int:
         seed=args.seed,
         device=str(plan.device),
         engine_version=__version__,
+        preview=preview,
     )
     return 0
+
+
+def _estimate(enhancement) -> dict[str, float]:
+    """The run's estimated seconds, and what the estimate itself took (timing a few network calls)."""
+    started = time.monotonic()
+    estimate = enhancement.estimate_seconds()
+    return {"estimate_s": round(estimate, 1), "calibration_s": round(time.monotonic() - started, 2)}
 
 
 def model_spacing(volume, plan, card) -> dict[str, float]:

@@ -41,8 +41,31 @@ FIGURES = {
     },
     "steps": {"input", "degraded", "rows", "best"},
     "memory": {"steps", "runs", "growth_bytes_per_voxel", "growth_float32_volumes", "fixed_gb", "target"},
-    "endtoend": {"shape_zyx", "input", "wall_s", "engine_s", "peak_rss_gb", "degraded", "enhanced", "target"},
+    "endtoend": {
+        "shape_zyx",
+        "input",
+        "wall_s",
+        "engine_s",
+        "estimate_s",
+        "calibration_s",
+        "peak_rss_gb",
+        "degraded",
+        "enhanced",
+        "target",
+    },
     "reference": {"note", "ours", "reference_stand_in", "volumes"},
+    "costmodel": {
+        "input",
+        "shape_zyx",
+        "patch",
+        "flops_per_window_pass",
+        "flops_per_window_content",
+        "network_s_per_window",
+        "content_s_per_window",
+        "network_gflops_per_s",
+        "rows",
+    },
+    "levers": {"input", "runs", "previews", "target"},
 }
 SCORES = {"psnr_window", "ssim_window", "psnr_full", "ssim_full"}
 
@@ -85,3 +108,28 @@ def test_quick_benchmark_writes_every_figure(tmp_path, tiny_checkpoints, monkeyp
     assert reference["reference_tflops"] > reference["ours_tflops"] > 0
     ratio = reference["reference_tflops"] / reference["ours_tflops"]
     assert reference["ratio_reference_over_ours"] == pytest.approx(ratio, rel=0.05)
+
+    cost = results["costmodel"]
+    voxels, window = math.prod(cost["shape_zyx"]), math.prod(cost["patch"])
+    rate = cost["flops_per_window_pass"] / cost["network_s_per_window"] / 1e9
+    assert cost["network_gflops_per_s"] == pytest.approx(rate, rel=0.01)
+    for row in cost["rows"]:
+        assert row["evaluations"] == (2 * row["steps"] - 1 if row["heun"] else row["steps"])
+        flops = row["kept_windows"] * (
+            row["evaluations"] * cost["flops_per_window_pass"] + cost["flops_per_window_content"]
+        )
+        assert row["flops_per_voxel"] == pytest.approx(flops / voxels, abs=1)
+        assert row["overlap_factor"] == pytest.approx(row["windows"] * window / voxels, abs=1e-3)
+        assert row["air_share"] == pytest.approx(1 - row["kept_windows"] / row["windows"], abs=1e-4)
+    by_overlap = {row["overlap"]: row for row in cost["rows"]}
+    assert by_overlap[0.0]["overlap_factor"] < by_overlap[0.1]["overlap_factor"] < by_overlap[0.25]["overlap_factor"]
+
+    levers = results["levers"]
+    assert [(r["steps"], r["overlap"]) for r in levers["runs"]] == [(2, 0.25), (1, 0.25), (1, 0.1), (1, 0.0)]
+    assert "vs_first" not in levers["runs"][0] and all(SCORES <= set(r["vs_first"]) for r in levers["runs"][1:])
+    for run in levers["runs"]:
+        assert run["estimate_error"] == pytest.approx(run["estimate_s"] / run["engine_s"] - 1, abs=2e-3)
+    first, one_pass = levers["previews"]
+    assert (first["steps"], one_pass["steps"]) == (2, 1)
+    assert one_pass["slice_max_abs_diff_vs_run"] == 0  # with one pass the preview slice is the whole run's
+    assert one_pass["preview"]["stop"] - one_pass["preview"]["start"] < 32  # a slab, not the whole phantom
