@@ -33,6 +33,7 @@ REMOTE_OPTIONS = (
     "batch",
     "precision",
     "no-skip-background",
+    "preview",
     "uncertainty",
 )
 #: The options among them that are yes/no flags ("true" or "false" in a request).
