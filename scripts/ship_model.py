@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,7 @@ def noise_range(config_path: Path) -> dict | None:
         volume = read_volume(path)
         volume = volume.with_array(volume.array.astype(np.float32))
         if config.modality == "ct":  # CT noise is simulated slice by slice: only the slices the estimate reads
-            volume = volume.with_array(volume.array[estimated_slices(volume.array.shape[0])])
+            volume = replace(volume, array=volume.array[estimated_slices(volume.array.shape[0])])
         for spec in specs:
             degraded, _ = make_degradation(spec)(volume, np.random.default_rng(index))
             estimate = estimate_noise(degraded.array, config.modality)
@@ -156,10 +157,9 @@ def main() -> None:
     suite = json.loads(args.suite.read_text(encoding="utf-8")) if args.suite else None
     SHIPPED_DIR.mkdir(exist_ok=True)
     shipped = SHIPPED_DIR / weights.name
+    card = complete_card(meta, evaluation, suite)  # first: a failure here leaves the shipped pair as it was
     shutil.copyfile(weights, shipped)
-    shipped.with_suffix(".json").write_text(
-        json.dumps(complete_card(meta, evaluation, suite), indent=2) + "\n", encoding="utf-8"
-    )
+    shipped.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     print(f"shipped {shipped} ({shipped.stat().st_size / 1e6:.1f} MB)")
 
 
