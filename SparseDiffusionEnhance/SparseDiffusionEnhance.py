@@ -69,9 +69,12 @@ if not UNSUPPORTED:  # the Lib and the engine need the newer Python; importing t
         missingRequirements,
         overlayVolume,
         pollUntilFinished,
+        previewedSlice,
         provenance,
         readRequirements,
         showComparison,
+        shownSlice,
+        showSlice,
         uncertaintyOf,
     )
 
@@ -241,6 +244,7 @@ class SparseDiffusionEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.previewButton.connect("clicked(bool)", self.onPreviewButton)
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
         self.ui.checkpointComboBox.connect("activated(int)", self.onCheckpointActivated)
         self._loadServerChoice()
@@ -416,6 +420,10 @@ class SparseDiffusionEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.applyButton.toolTip = reason or (
             _("Run the model on the input volume") if idle else _("Stop the run; the scene is left as it was")
         )
+        self.ui.previewButton.enabled = idle and not reason
+        self.ui.previewButton.toolTip = reason or _(
+            "Enhance only the patches around the slice shown in the Red view, to see the effect before a whole run"
+        )
         for section in (
             self.ui.inputsCollapsibleButton,
             self.ui.advancedCollapsibleButton,
@@ -473,6 +481,12 @@ class SparseDiffusionEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationM
         if self._state == ProcessingState.RUNNING:
             self._job.cancel()  # returns at once; the timer sees the worker exit
             return
+        self._startJob(preview=False)
+
+    def onPreviewButton(self) -> None:
+        self._startJob(preview=True)
+
+    def _startJob(self, preview: bool) -> None:
         self._message = ""
         self.ui.logTextEdit.clear()
         self.logic.batch.server = self.logic.serverConnection()
@@ -480,7 +494,7 @@ class SparseDiffusionEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationM
         try:
             if self.logic.ensureDependencies(onStatus=self._showStatus):
                 self._showStatus(_("Exporting the input and starting the worker…"))
-                self._job = self.logic.start(self._parameterNode, self._onJobChanged, self._appendLog)
+                self._job = self.logic.start(self._parameterNode, self._onJobChanged, self._appendLog, preview)
             else:
                 self._message = _("Not started: the Python packages the engine needs are not installed.")
         except Exception as exc:
@@ -583,6 +597,11 @@ class SparseDiffusionEnhanceLogic(ScriptedLoadableModuleLogic):
         self._requireDependencies()
         return self.batch.enhance(inputNode, *args, **kwargs)
 
+    def preview(self, inputNode, sliceIndex, *args, **kwargs):
+        """``enhance`` for the patches around input slice ``sliceIndex`` only (z, or the SR axis)."""
+        self._requireDependencies()
+        return self.batch.preview(inputNode, sliceIndex, *args, **kwargs)
+
     def enhanceFiles(self, paths, outputDir, *args, **kwargs):
         self._requireDependencies()
         return self.batch.enhanceFiles(paths, outputDir, *args, **kwargs)
@@ -591,17 +610,23 @@ class SparseDiffusionEnhanceLogic(ScriptedLoadableModuleLogic):
         if not self.ensureDependencies():
             raise RuntimeError("Python packages the engine needs are missing; see the module's requirements.txt")
 
-    def start(self, parameterNode, onChange=None, onOutput=None):
-        """Start a run from the panel's parameters (dependencies checked by the caller); the running job."""
-        return self.batch.startJob(
-            parameterNode.inputVolume, parameterNode.settings(), parameterNode.outputVolume, onChange, onOutput
-        )
+    def start(self, parameterNode, onChange=None, onOutput=None, preview=False):
+        """Start a run from the panel's parameters (dependencies checked by the caller); the running job. A preview
+        enhances the slab around the input slice the Red view shows, into ``<input> preview``."""
+        inputNode, settings = parameterNode.inputVolume, parameterNode.settings()
+        if preview:
+            sliceIndex = shownSlice(slicer.app.applicationLogic(), inputNode, settings.previewAxis)
+            return self.batch.startPreview(inputNode, sliceIndex, settings, onChange, onOutput)
+        return self.batch.startJob(inputNode, settings, parameterNode.outputVolume, onChange, onOutput)
 
     def showComparison(self, inputNode, enhancedNode, overlay: Overlay | str = "none") -> None:
         """Side by side, linked; ``overlay``: "none", "difference" or "uncertainty" over the enhanced view."""
         overlayNode = overlayVolume(inputNode, enhancedNode, overlay)
-        showComparison(slicer.app.applicationLogic(), inputNode, enhancedNode, overlayNode)
+        applicationLogic = slicer.app.applicationLogic()
+        showComparison(applicationLogic, inputNode, enhancedNode, overlayNode)
         slicer.util.resetSliceViews()
+        if previewed := previewedSlice(enhancedNode):  # fitting centred the views: back to the previewed slice
+            showSlice(applicationLogic, inputNode, *previewed)
 
     # Checkpoints, from their JSON cards only (the registry never imports torch)
 
@@ -654,6 +679,7 @@ class SparseDiffusionEnhanceTest(ScriptedLoadableModuleTest):
             self.test_PanelServerChoice,
             self.test_EnhanceAndCompare,
             self.test_PanelEnhanceAndCancel,
+            self.test_PanelPreview,
         ):
             try:
                 self.setUp()
@@ -673,8 +699,8 @@ class SparseDiffusionEnhanceTest(ScriptedLoadableModuleTest):
         volumeNode.GetIJKToRASMatrix(matrix)
         return slicer.util.arrayFromVTKMatrix(matrix)
 
-    def syntheticVolume(self):
-        zz, yy, xx = np.mgrid[-1:1:12j, -1:1:20j, -1:1:24j]
+    def syntheticVolume(self, slices=12):
+        zz, yy, xx = np.mgrid[-1 : 1 : complex(0, slices), -1:1:20j, -1:1:24j]
         array = 900 * np.exp(-3 * (xx**2 + yy**2 + zz**2)) - 400 + np.random.default_rng(0).normal(0, 30, xx.shape)
         ijkToRAS = np.array([[0.8, 0, 0, -10], [0, 0.7, 0.2, 5], [0, -0.1, 2.5, 30], [0, 0, 0, 1]])
         return slicer.util.addVolumeFromArray(array.astype(np.int16), ijkToRAS, name="Synthetic CT")
@@ -690,6 +716,17 @@ class SparseDiffusionEnhanceTest(ScriptedLoadableModuleTest):
 
     def logic(self):
         return SparseDiffusionEnhanceLogic()
+
+    def setUpTinyRun(self, parameters, volume, folder, overlay):
+        """Panel parameters for a CPU run of the tiny denoiser on ``volume`` into a new volume, compared after."""
+        parameters.inputVolume = volume
+        parameters.outputVolume = None
+        parameters.task = Task.DENOISE
+        parameters.checkpoint = self.tinyCheckpoint(folder, "denoise")
+        parameters.device = Device.CPU
+        parameters.samples = 1
+        parameters.compareAfterRun = True
+        parameters.overlay = overlay
 
     def waitUntilIdle(self, widget, timeoutSeconds=120):
         """Let the event loop run, so that the panel's timer polls the job, until the panel is idle again."""
@@ -828,15 +865,7 @@ class SparseDiffusionEnhanceTest(ScriptedLoadableModuleTest):
         volume = self.syntheticVolume()
         foldersBefore = self.temporaryFolders()
         with tempfile.TemporaryDirectory() as folder:
-            parameters.inputVolume = volume
-            parameters.outputVolume = None
-            parameters.task = Task.DENOISE
-            parameters.checkpoint = self.tinyCheckpoint(folder, "denoise")
-            parameters.device = Device.CPU
-            parameters.samples = 1
-            parameters.compareAfterRun = True
-            parameters.overlay = Overlay.DIFFERENCE
-
+            self.setUpTinyRun(parameters, volume, folder, Overlay.DIFFERENCE)
             widget.ui.applyButton.click()
             self.assertEqual(widget.state, ProcessingState.RUNNING)
             self.assertEqual(widget.ui.applyButton.text, "Cancel")
@@ -870,4 +899,31 @@ class SparseDiffusionEnhanceTest(ScriptedLoadableModuleTest):
         self.assertEqual(parameters.resultVolume.GetID(), result.GetID())
         self.assertEqual(self.temporaryFolders(), foldersBefore)
         self.assertTrue(widget.ui.applyButton.enabled)
+        self.delayDisplay("Test passed")
+
+    def test_PanelPreview(self):
+        self.requireEngine()
+        self.delayDisplay(
+            "Panel: Preview slice enhances the patches around the Red view's slice, shown beside the input"
+        )
+        slicer.util.selectModule("SparseDiffusionEnhance")
+        widget = slicer.util.getModuleWidget("SparseDiffusionEnhance")
+        parameters = widget.logic.getParameterNode()
+        volume = self.syntheticVolume(slices=40)  # deeper than the tiny model's 16-slice patch
+        slicer.util.setSliceViewerLayers(background=volume, fit=True)
+        shown = shownSlice(slicer.app.applicationLogic(), volume, Axis.Z)
+        with tempfile.TemporaryDirectory() as folder:
+            self.setUpTinyRun(parameters, volume, folder, Overlay.NONE)
+            widget.ui.previewButton.click()
+            self.assertEqual(widget.ui.applyButton.text, "Cancel")
+            self.waitUntilIdle(widget)
+
+        preview = parameters.resultVolume
+        self.assertIsNotNone(preview, widget.ui.statusLabel.text)
+        self.assertEqual(preview.GetName(), "Synthetic CT preview")
+        self.assertEqual(provenance(preview)["preview"], str(shown))
+        self.assertLess(preview.GetImageData().GetDimensions()[2], 40)  # a slab, not the whole volume
+        yellow = slicer.app.layoutManager().sliceWidget("Yellow").mrmlSliceCompositeNode()
+        self.assertEqual(yellow.GetBackgroundVolumeID(), preview.GetID())
+        self.assertEqual(shownSlice(slicer.app.applicationLogic(), volume, Axis.Z), shown)  # still that slice
         self.delayDisplay("Test passed")

@@ -6,7 +6,15 @@ are imported up front, and ``io`` (SimpleITK) when a volume's grid is needed.
 
 import sys
 
-from .comparison import Overlay, differenceVolume, overlayVolume, showComparison, uncertaintyVolume
+from .comparison import (
+    Overlay,
+    differenceVolume,
+    overlayVolume,
+    showComparison,
+    shownSlice,
+    showSlice,
+    uncertaintyVolume,
+)
 from .dependencies import (
     CLIENT_REQUIREMENTS,
     ensureDependencies,
@@ -18,7 +26,7 @@ from .logic import EnhanceJob, EnhanceLogic, Phase, outputPathFor
 from .remote import RemoteWorker, ServerConnection
 from .sampledata import SAMPLE_NAME, loadLowDosePhantom
 from .settings import MAX_SAMPLES, SR_FACTORS, Axis, Device, EnhanceSettings, Task, listGpus, parseGpuList
-from .volumes import exportVolume, importResult, inputOf, provenance, uncertaintyOf
+from .volumes import exportVolume, importResult, inputOf, previewedSlice, previewOf, provenance, uncertaintyOf
 from .worker import (
     Progress,
     WorkerError,
@@ -76,9 +84,13 @@ __all__ = [
     "parseEvent",
     "parseGpuList",
     "pollUntilFinished",
+    "previewOf",
+    "previewedSlice",
     "provenance",
     "readRequirements",
     "showComparison",
+    "showSlice",
+    "shownSlice",
     "uncertaintyOf",
     "uncertaintyVolume",
 ]
