@@ -726,7 +726,7 @@ def bench_costmodel(ctx: Context) -> dict:
         "patch": list(patch),
         "flops_per_window_pass": forward_flops,
         "flops_per_window_content": content_flops,
-        "network_s_per_window": round(forward_s, 4),
+        "network_s_per_window": float(f"{forward_s:.4g}"),  # 4 significant digits: tiny models take microseconds
         "content_s_per_window": round(content_s, 4),
         "network_gflops_per_s": round(forward_flops / forward_s / 1e9, 1),
         "rows": rows,
