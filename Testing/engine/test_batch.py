@@ -47,8 +47,10 @@ def summary(out_dir):
 def test_two_processes_share_the_list_report_the_bad_file_and_resume(scans, tiny_checkpoints, tmp_path):
     out = tmp_path / "out"
     first = torchrun(scans, out, tiny_checkpoints["denoise"])
-    # every rank exits 2 (an input failed); torchrun reports that as its own exit code 1
-    assert first.returncode == 1 and first.stderr.count(f"exitcode  : {EXIT_INPUT}") == 2, first.stderr
+    # the ranks exit 2 (an input failed) and torchrun reports that as its own exit code 1; a rank still tearing
+    # down when the first one has exited is SIGTERMed by torchrun, so on a loaded machine only the first shows 2
+    assert first.returncode == 1 and f"exitcode  : {EXIT_INPUT}" in first.stderr, first.stderr
+    assert "exitcode  : 1 " not in first.stderr  # no rank crashed
     assert "batch: 5 scans on 2 processes: 4 done, 0 skipped (complete output already there), 1 failed" in first.stdout
     assert f"failed: {scans.parent / 'data' / 'c.nrrd'}: cannot read" in first.stdout
     scans_run = summary(out)["scans"]
