@@ -279,7 +279,8 @@ def _estimate(enhancement) -> dict[str, float]:
     """The run's estimated seconds, and what the estimate itself took (timing a few network calls)."""
     started = time.monotonic()
     estimate = enhancement.estimate_seconds()
-    return {"estimate_s": round(estimate, 1), "calibration_s": round(time.monotonic() - started, 2)}
+    # significant digits: a small run on a fast machine takes under 0.05 s and would read as 0
+    return {"estimate_s": float(f"{estimate:.3g}"), "calibration_s": round(time.monotonic() - started, 2)}
 
 
 def model_spacing(volume, plan, card) -> dict[str, float]:
