@@ -32,21 +32,15 @@ def work_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(tiny_checkpoints, work_dir):
-    models = str(tiny_checkpoints["denoise"].parent)
-    argv = (
-        "--models",
-        models,
-        "--token",
-        TOKEN,
-        "--device",
-        "cpu",
-        "--work-dir",
-        str(work_dir),
-        "--max-upload-mb",
-        "1",
-    )
-    with serve_in_thread(*argv, "--max-voxels", "200000") as address:
+    argv = server_options(tiny_checkpoints, work_dir, "--max-upload-mb", "1", "--max-voxels", "200000")
+    with serve_in_thread(*argv) as address:
         yield address
+
+
+def server_options(tiny_checkpoints, work_dir: Path, *extra: str) -> tuple[str, ...]:
+    """`serve` options for a CPU server of the tiny models with the test token, working in ``work_dir``."""
+    models = str(tiny_checkpoints["denoise"].parent)
+    return ("--models", models, "--token", TOKEN, "--device", "cpu", "--work-dir", str(work_dir), *extra)
 
 
 def job_folders(work_dir: Path) -> list[Path]:
@@ -294,20 +288,9 @@ def test_cancel_stops_the_job_and_frees_the_worker(url, ct_file, tmp_path, work_
 
 
 def test_finished_jobs_expire_with_their_files(tiny_checkpoints, ct_file, tmp_path):
-    models, work = str(tiny_checkpoints["denoise"].parent), tmp_path / "work"
+    work = tmp_path / "work"
     work.mkdir()
-    argv = (
-        "--models",
-        models,
-        "--token",
-        TOKEN,
-        "--device",
-        "cpu",
-        "--work-dir",
-        str(work),
-        "--keep-minutes",
-        "0.01",
-    )
+    argv = server_options(tiny_checkpoints, work, "--keep-minutes", "0.01")
     with serve_in_thread(*argv) as address:
         client = Client(address, TOKEN)
         job = client.submit(ct_file, {"checkpoint": TINY})["id"]
