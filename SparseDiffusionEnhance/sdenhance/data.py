@@ -122,7 +122,8 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         self.patch_degradation = patch_degradation
         self.patch_share = patch_share if patch_degradation is not None else 0.0
-        self.reference_normalizers = [Normalizer.fit(pair.target, modality) for pair in pairs]
+        # fitted only when some patches are degraded on the spot (MRI/PET fits are percentiles of whole scans)
+        self.reference_normalizers = [Normalizer.fit(p.target, modality) for p in pairs] if self.patch_share else []
         # crops centre on the reference's foreground (90 %) so few patches are only air
         threshold = FOREGROUND[modality]
         self.indices = []
