@@ -56,12 +56,13 @@ import torch
 from sdenhance import __version__
 from sdenhance.checkpoint import build_meta, load_model, save_checkpoint, schedule_of
 from sdenhance.degrade import make_degradation
-from sdenhance.io import Volume, centre_crop, read_volume, write_volume
+from sdenhance.evaluate import Case, Setup, prepare_case
+from sdenhance.io import Volume, read_volume, write_volume
 from sdenhance.metrics import quality
 from sdenhance.model import ModelConfig, SparseDiffusionUNet, count_parameters
 from sdenhance.normalize import Normalizer
 from sdenhance.phantom import torso_phantom
-from sdenhance.pipeline import EnhanceOptions, pick_precision, sampler_config
+from sdenhance.pipeline import Enhancement, EnhanceOptions, pick_precision, sampler_config
 from sdenhance.registry import ModelCard, read_card, resolve
 from sdenhance.sampler import (
     PatchDenoiser,
@@ -139,11 +140,21 @@ class Context:
     def modality(self) -> str:
         return self.card.modality
 
-    def config(self, **changes) -> SamplerConfig:
-        """The sampler settings `sdenhance enhance` would use, with the benchmark's precision and changes."""
-        options = EnhanceOptions(steps=self.args.steps, sw_batch_size=self.args.batch, precision=self.args.precision)
+    def options(self, **changes) -> EnhanceOptions:
+        """`sdenhance enhance`'s options with the benchmark's steps, batch, precision and layout, and ``changes``."""
         channels_last = {"auto": None, "on": True, "off": False}[self.args.channels_last]
-        return replace(sampler_config(self.card, options, self.device), channels_last=channels_last, **changes)
+        options = EnhanceOptions(
+            steps=self.args.steps,
+            sw_batch_size=self.args.batch,
+            precision=self.args.precision,
+            channels_last=channels_last,
+            device=self.device.type,
+        )
+        return replace(options, **changes)
+
+    def config(self, **changes) -> SamplerConfig:
+        """The sampler settings `sdenhance enhance` would use with ``options(**changes)``."""
+        return sampler_config(self.card, self.options(**changes), self.device)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -179,34 +190,29 @@ def normalised(volume: Volume, modality: str) -> tuple[np.ndarray, Normalizer]:
     return normalizer.forward(volume.array), normalizer
 
 
-def degraded_case(ctx: Context, crop: tuple[int, int, int]) -> tuple[Volume, Volume, str]:
-    """(degraded, reference, source) of shape ``crop``: the held-out scan's centre, degraded as a whole
-    in-plane slab (CT noise depends on every ray through the cross-section), or the phantom."""
+def degraded_case(ctx: Context, crop: tuple[int, int, int]) -> tuple[Case, str]:
+    """(case, source) of shape ``crop``: the held-out scan's centre or the phantom, prepared as `sdenhance
+    evaluate` prepares its cases (CT degrades whole slices, the normaliser is fitted on the whole degraded scan)."""
     if crop in ctx.cases:
         return ctx.cases[crop]
-    degrade = make_degradation(json.loads(ctx.args.degradation))
-    rng = np.random.default_rng(0)
+    setup = Setup(spec=json.loads(ctx.args.degradation), modality=ctx.modality, methods=(), crop=crop)
     if ctx.args.scan == "phantom":
-        volume, source = torso_phantom(crop), f"phantom {list(crop)}"
-        degraded, reference = degrade(volume.with_array(volume.array.astype(np.float32)), rng)
+        volume, source = torso_phantom(crop), "phantom"
     else:
         path = Path(ctx.args.scan)
         volume = read_volume(path if path.is_absolute() else ctx.args.data_root / path)
-        # simulate on the central slab only (the CT simulator costs seconds per slice), then crop in-plane
-        slab = centre_crop(volume, (crop[0], *volume.array.shape[1:]))
-        degraded, reference = degrade(slab.with_array(slab.array.astype(np.float32)), rng)
-        degraded, reference = centre_crop(degraded, crop), centre_crop(reference, crop)
-        source = f"{path.name} centre {list(degraded.array.shape)}"
-    ctx.cases[crop] = (degraded, reference, source)
+        source = f"{path.name} centre"
+    case = prepare_case(source, volume, setup, np.random.default_rng(0))
+    ctx.cases[crop] = (case, f"{source} {list(case.reference.array.shape)}")
     return ctx.cases[crop]
 
 
-def enhance_case(ctx: Context, degraded: Volume, config: SamplerConfig) -> tuple[np.ndarray, float]:
-    """(enhanced volume in native units, sampling seconds)."""
-    y, normalizer = normalised(degraded, ctx.modality)
-    spacing_zyx = tuple(reversed(degraded.spacing))
-    x0, timing = timed(lambda: sample(ctx.model, schedule_of(ctx.card), y, spacing_zyx, config, ctx.device), ctx.device)
-    return normalizer.inverse(x0), timing.wall
+def enhance_case(ctx: Context, case: Case, **changes) -> tuple[np.ndarray, float]:
+    """(``case`` enhanced as `sdenhance enhance` would with ``ctx.options(**changes)``, sampling seconds)."""
+    options = replace(ctx.options(**changes), normalizer=case.normalizer)
+    enhancement = Enhancement(case.model_input, ctx.card, options, ctx.model)
+    result, timing = timed(enhancement.run, ctx.device)
+    return result.volume.array, timing.wall
 
 
 def scores(reference: Volume, estimate: np.ndarray, modality: str) -> dict[str, float]:
@@ -421,7 +427,7 @@ def bench_speed(ctx: Context) -> dict:
     spacing_zyx = tuple(reversed(volume.spacing))
     runs, reference = {}, None
     for precision in ctx.args.precisions:
-        config = ctx.config(precision=precision, background=None)
+        config = ctx.config(precision=precision, skip_background=False)
         t = max(schedule_of(ctx.card).sparse_timesteps(config.steps))
         if ctx.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(ctx.device)
@@ -498,13 +504,14 @@ def bench_throughput(ctx: Context) -> dict:
 
 def bench_sparse_dense(ctx: Context) -> dict:
     crop = ctx.sizes.dense_crop or tuple(ctx.card.meta["patch_size"])
-    degraded, reference, source = degraded_case(ctx, crop)
-    sparse_config = ctx.config()
-    dense_config = ctx.config(steps=ctx.args.dense_steps or ctx.sizes.dense_steps)
-    out = {"input": source, "degraded": scores(reference, degraded.array, ctx.modality)}
+    case, source = degraded_case(ctx, crop)
+    reference = case.reference
+    chains = {"sparse": {}, "dense": {"steps": ctx.args.dense_steps or ctx.sizes.dense_steps}}
+    out = {"input": source, "degraded": scores(reference, case.degraded.array, ctx.modality)}
     estimates = {}
-    for name, config in (("sparse", sparse_config), ("dense", dense_config)):
-        estimates[name], seconds = enhance_case(ctx, degraded, config)
+    for name, changes in chains.items():
+        config = ctx.config(**changes)
+        estimates[name], seconds = enhance_case(ctx, case, **changes)
         out[name] = {"steps": config.steps, "evaluations": evaluations(config), "seconds": round(seconds, 2)}
         out[name] |= scores(reference, estimates[name], ctx.modality)
         print(f"  {name}: K={config.steps}, {seconds:.1f} s, {out[name]}", flush=True)
@@ -514,21 +521,21 @@ def bench_sparse_dense(ctx: Context) -> dict:
     # a difference smaller than what the starting noise alone changes is not a difference
     seed_psnrs = [out["sparse"][key]]
     for seed in range(1, ctx.args.sparse_seeds):
-        estimate, _ = enhance_case(ctx, degraded, replace(sparse_config, seed=sparse_config.seed + seed))
+        estimate, _ = enhance_case(ctx, case, seed=seed)
         seed_psnrs.append(scores(reference, estimate, ctx.modality)[key])
     out["sparse_seeds"] = len(seed_psnrs)
     out["sparse_seed_range_db"] = round(max(seed_psnrs) - min(seed_psnrs), 4)
     # where the two chains differ: the dense one ends with passes that see a nearly noise-free input
-    refined = pass_at_t1(ctx, degraded, sparse_config, estimates["sparse"])
+    refined = pass_at_t1(ctx, case, ctx.config(), estimates["sparse"])
     out["sparse_then_pass_at_t1"] = scores(reference, refined, ctx.modality)
     out["target"] = "speedup >= 90, sparse PSNR not lower than dense"
     return out
 
 
-def pass_at_t1(ctx: Context, degraded: Volume, config: SamplerConfig, estimate: np.ndarray) -> np.ndarray:
+def pass_at_t1(ctx: Context, case: Case, config: SamplerConfig, estimate: np.ndarray) -> np.ndarray:
     """One more network pass at t = 1 (a timestep the sparse model never trained on) on a K-step result."""
-    y, normalizer = normalised(degraded, ctx.modality)
-    y_t = torch.from_numpy(y.astype(np.float32))[None, None]
+    normalizer, degraded = case.normalizer, case.model_input
+    y_t = torch.from_numpy(normalizer.forward(degraded.array))[None, None]
     x0 = torch.from_numpy(normalizer.forward(estimate).astype(np.float32))[None, None]
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(config.seed))
     spacing_zyx = tuple(reversed(degraded.spacing))
@@ -540,7 +547,8 @@ def pass_at_t1(ctx: Context, degraded: Volume, config: SamplerConfig, estimate: 
 
 def bench_steps(ctx: Context) -> dict:
     """Quality and time against K (DDIM and Heun), then against the window overlap at the default K."""
-    degraded, reference, source = degraded_case(ctx, ctx.sizes.sweep_crop)
+    case, source = degraded_case(ctx, ctx.sizes.sweep_crop)
+    degraded, reference = case.model_input, case.reference
     default = ctx.config()
     runs = [(k, heun, default.overlap) for k in ctx.args.sweep_steps or ctx.sizes.sweep_steps for heun in (False, True)]
     runs += [(default.steps, False, overlap) for overlap in ctx.args.sweep_overlaps if overlap != default.overlap]
@@ -549,7 +557,7 @@ def bench_steps(ctx: Context) -> dict:
         if heun and steps == 1:
             continue  # one step has no transition, so Heun is the same run
         config = ctx.config(steps=steps, heun=heun, overlap=overlap)
-        estimate, seconds = enhance_case(ctx, degraded, config)
+        estimate, seconds = enhance_case(ctx, case, steps=steps, heun=heun, overlap=overlap)
         row = {"steps": steps, "heun": heun, "overlap": overlap, "evaluations": evaluations(config)}
         row |= {
             "windows": count_windows(degraded.array.shape, config.patch_size, overlap),

@@ -23,13 +23,15 @@ import numpy as np
 import torch
 from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandRotate90d
 
-from .degrade import Degrade, make_degradation
+from .degrade import Degrade, as_reference, make_degradation
 from .io import Volume, read_volume
 from .normalize import Normalizer
 
 #: A voxel is foreground (a crop may centre on it) when its normalised reference value exceeds this:
 #: CT -500 HU (soft tissue and bone, not air or lung); PET 0.1 ~ a tenth of the body-mean uptake; MRI 5 %.
 FOREGROUND = {"ct": -0.5, "pet": 0.1, "mri": 0.05}
+#: Bumped whenever the pairs a cache holds would come out differently (2: CT clipped before degrading).
+PREPARATION = 2
 
 
 @dataclass
@@ -57,8 +59,7 @@ def load_pairs(
         key = _cache_key(path, degradation, seed, realisations)
         pair = _read_cache(cache_dir, key, modality)
         if pair is None:
-            volume = read_volume(path)
-            volume = volume.with_array(volume.array.astype(np.float32))
+            volume = as_reference(read_volume(path), modality)
             runs = [degrade(volume, np.random.default_rng([seed, index, r])) for r in range(realisations)]
             images = [degraded.array for degraded, _ in runs]
             reference = runs[0][1]
@@ -75,7 +76,7 @@ def load_pairs(
 
 def _cache_key(path: Path, degradation: dict, seed: int, realisations: int) -> str:
     stat = path.stat()
-    text = json.dumps([path.name, stat.st_size, degradation, seed, realisations], sort_keys=True)
+    text = json.dumps([path.name, stat.st_size, degradation, seed, realisations, PREPARATION], sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 

@@ -729,6 +729,14 @@ def _super_resolution(spec: dict) -> Degrade:
     return degrade
 
 
+def as_reference(volume: Volume, modality: str) -> Volume:
+    """A scan as every path (training pairs, validation, evaluation) takes it before degrading: float32, and CT
+    clipped to [-1024, 3071] HU, so that a scanner's -3024 padding outside the reconstruction circle is plain air
+    (thick slices then average air, not padding)."""
+    array = volume.array.astype(np.float32)
+    return volume.with_array(np.clip(array, *CT_RANGE) if modality == "ct" else array)
+
+
 def scored_denoising_case(
     volume: Volume, spec: dict, modality: str, rng: np.random.Generator, size: tuple[int, int, int] | None = None
 ) -> tuple[Volume, Volume, Volume]:
@@ -736,10 +744,10 @@ def scored_denoising_case(
     normaliser is fitted on, as it would be for a whole-scan run): how evaluation and the trainer's validation
     prepare a denoising case. CT degrades only the crop's slices (the simulator works slice by slice, each from its
     whole cross-section) and is then clipped to the CT range, so that a scanner's -3024 padding is plain air for
-    every method, as it is for the model; the simulator itself treats such padding as air."""
+    every method, as it is for the model."""
     if size is not None and modality == "ct":
         volume = centre_crop(volume, (size[0], *volume.array.shape[1:]))
-    noisy, reference = make_degradation(spec)(volume.with_array(volume.array.astype(np.float32)), rng)
+    noisy, reference = make_degradation(spec)(as_reference(volume, modality), rng)
     if modality == "ct":
         noisy, reference = (v.with_array(np.clip(v.array, *CT_RANGE)) for v in (noisy, reference))
     if size is None:

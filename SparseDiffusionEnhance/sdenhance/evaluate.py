@@ -34,6 +34,8 @@ from .io import Volume, centre_crop, read_volume, resample_onto
 from .registry import MODALITIES, ModelCard, default_for, resolve
 
 if TYPE_CHECKING:
+    import torch
+
     from .normalize import Normalizer
     from .pipeline import EnhanceOptions
 
@@ -147,13 +149,11 @@ class Case:
 
 
 def prepare_case(name: str, volume: Volume, setup: Setup, rng: np.random.Generator) -> Case:
-    from .degrade import scored_denoising_case
-    from .normalize import CT_RANGE, Normalizer
+    from .degrade import as_reference, scored_denoising_case
+    from .normalize import Normalizer
 
     if setup.task == "sr":
-        array = volume.array.astype(np.float32)
-        # CT: some scanners write -3024 outside the reconstruction circle; thick slices should average plain air
-        volume = volume.with_array(np.clip(array, *CT_RANGE) if setup.modality == "ct" else array)
+        volume = as_reference(volume, setup.modality)
         return _sr_case(name, volume if setup.crop is None else centre_crop(volume, setup.crop), setup.spec, rng)
     noisy, reference, whole = scored_denoising_case(volume, setup.spec, setup.modality, rng, setup.crop)
     return _checked(Case(name, reference, noisy, noisy, Normalizer.fit(whole.array, setup.modality)))
@@ -224,12 +224,13 @@ def run_baseline(name: str, case: Case, setup: Setup) -> MethodResult:
     return best
 
 
-def run_ours(case: Case, setup: Setup) -> MethodResult:
+def run_ours(case: Case, setup: Setup, model: torch.nn.Module | None = None) -> MethodResult:
+    """The model of ``setup.card`` (its weights in memory as ``model`` when given, e.g. while training)."""
     from .metrics import quality
     from .pipeline import enhance_volume
 
     options = replace(setup.enhance_options(), normalizer=case.normalizer)
-    result, seconds = _timed(enhance_volume, case.model_input, setup.card, options)
+    result, seconds = _timed(enhance_volume, case.model_input, setup.card, options, model=model)
     scores = quality(case.reference.array, result.volume.array, setup.modality)
     # the precision auto picked on this machine: bf16 and fp32 differ in the third decimal of the PSNR
     settings = {"steps": result.sampler.steps, "seed": setup.seed, "precision": result.sampler.precision}

@@ -40,6 +40,7 @@ class EnhanceOptions:
     sw_batch_size: int | None = None
     precision: str = "auto"  # fp32 | bf16 | fp16 | auto (see pick_precision)
     skip_background: bool = True
+    channels_last: bool | None = None  # channels-last 3D network; None: only where it was measured faster
     # enhance only the slab of windows around this input slice along the model's through-plane axis ("middle")
     preview: int | str | None = None
     # intensity scaling fitted on the whole scan a crop was cut from (evaluation); default: fitted on the input
@@ -85,6 +86,7 @@ def sampler_config(card: ModelCard, options: EnhanceOptions, device: torch.devic
         sw_batch_size=options.sw_batch_size or (16 if device.type == "cuda" else 4),
         seed=options.seed,
         precision=pick_precision(options.precision, device),
+        channels_last=options.channels_last,
         background=card.meta.get("background") if options.skip_background else None,
     )
 
@@ -235,9 +237,10 @@ class SampleRun:
 
 class Enhancement:
     """One run, planned and prepared (input normalised, model loaded): ``estimate_seconds()`` says how long
-    ``run()`` will take before it starts."""
+    ``run()`` will take before it starts. ``model``: weights already in memory that ``card`` describes (the
+    trainer's, a benchmark's), used instead of loading the card's file."""
 
-    def __init__(self, volume: Volume, card: ModelCard, options: EnhanceOptions):
+    def __init__(self, volume: Volume, card: ModelCard, options: EnhanceOptions, model: torch.nn.Module | None = None):
         self.plan = plan = plan_enhancement(volume, card, options)
         self.card = card
         self.dtype = output_dtype(volume.array.dtype, plan.modality)
@@ -248,7 +251,7 @@ class Enhancement:
         a, b = plan.swap
         spacing_zyx[a], spacing_zyx[b] = spacing_zyx[b], spacing_zyx[a]
         self.spacing_zyx = tuple(spacing_zyx)
-        self.model, _ = load_model(card, plan.device)
+        self.model = load_model(card, plan.device)[0] if model is None else model.to(plan.device).eval()
         self.runs = [self._sample_run(i, flip) for i, flip in enumerate(FLIPS[: plan.samples])]
 
     def _sample_run(self, index: int, flip: tuple[int, ...]) -> SampleRun:
@@ -312,11 +315,15 @@ class Enhancement:
 
 
 def enhance_volume(
-    volume: Volume, card: ModelCard, options: EnhanceOptions, progress: ProgressFn | None = None
+    volume: Volume,
+    card: ModelCard,
+    options: EnhanceOptions,
+    progress: ProgressFn | None = None,
+    model: torch.nn.Module | None = None,
 ) -> Enhanced:
     """The enhanced volume on the input grid (denoise) or the finer SR grid (a slab of it for a preview), and
     with several samples their spread."""
-    return Enhancement(volume, card, options).run(progress)
+    return Enhancement(volume, card, options, model).run(progress)
 
 
 def _share(progress: ProgressFn | None, index: int, samples: int) -> ProgressFn | None:

@@ -29,13 +29,13 @@ from torch.optim.swa_utils import AveragedModel
 
 from .checkpoint import build_meta, save_checkpoint
 from .data import PatchSampler, load_pairs
-from .degrade import DENOISING, make_degradation, scored_denoising_case
+from .degrade import DENOISING, make_degradation
 from .errors import InputError
-from .io import centre_crop, read_volume
+from .evaluate import OURS, Setup, prepare_case, run_ours
+from .io import read_volume
 from .metrics import headline, quality
 from .model import ModelConfig, SparseDiffusionUNet, count_parameters
-from .normalize import Normalizer
-from .sampler import SamplerConfig, sample
+from .registry import ModelCard
 from .schedule import NoiseSchedule, ScheduleConfig, q_sample, v_space_loss
 
 STATE_FILE = "state.pt"
@@ -238,9 +238,9 @@ def warm_start(run: Run, name_or_path: str) -> None:
     run.ema.module.load_state_dict(source.state_dict(), strict=True)
 
 
-def export_checkpoint(config: TrainConfig, run: Run, out_dir: Path, metrics: dict, dense: bool) -> Path:
-    """The EMA weights as NAME.safetensors + NAME.json in ``out_dir``."""
-    meta = build_meta(
+def checkpoint_meta(config: TrainConfig, training: dict | None = None) -> dict:
+    """The JSON card of the checkpoint this config trains (``training``: what the run did so far)."""
+    return build_meta(
         name=config.name,
         task=config.task,
         modality=config.modality,
@@ -251,68 +251,60 @@ def export_checkpoint(config: TrainConfig, run: Run, out_dir: Path, metrics: dic
         sr_axis=config.sr_axis,
         background=config.background,
         sampling_steps=config.sampling_steps,
-        training={
-            "steps": run.step,
-            "timesteps_drawn": "dense" if dense else "sparse",
-            "degradation": config.degradation,
-            "patch_degradation": config.patch_degradation,
-            "patch_share": config.patch_share,
-            "init_from": config.init_from,
-            "train_files": config.train_files,
-            "val_files": config.val_files,
-            "patch_size": list(config.patch_size),
-            "batch_size": config.batch_size,
-            "spacing_zyx": [list(p.spacing_zyx) for p in run.sampler.pairs],
-            "validation": metrics,
-        },
+        training=training,
         card=config.card,
     )
-    return save_checkpoint(run.ema.module, meta, out_dir / f"{config.name}.safetensors")
+
+
+def export_checkpoint(config: TrainConfig, run: Run, out_dir: Path, metrics: dict, dense: bool) -> Path:
+    """The EMA weights as NAME.safetensors + NAME.json in ``out_dir``."""
+    training = {
+        "steps": run.step,
+        "timesteps_drawn": "dense" if dense else "sparse",
+        "degradation": config.degradation,
+        "patch_degradation": config.patch_degradation,
+        "patch_share": config.patch_share,
+        "init_from": config.init_from,
+        "train_files": config.train_files,
+        "val_files": config.val_files,
+        "patch_size": list(config.patch_size),
+        "batch_size": config.batch_size,
+        "spacing_zyx": [list(p.spacing_zyx) for p in run.sampler.pairs],
+        "validation": metrics,
+    }
+    return save_checkpoint(run.ema.module, checkpoint_meta(config, training), out_dir / f"{config.name}.safetensors")
 
 
 class Validator:
-    """Fixed degraded validation volumes (seeded) scored after whole-volume sparse sampling."""
+    """Held-out cases prepared exactly as `sdenhance evaluate` prepares them (same seeds, crops and normaliser
+    fits), enhanced as `sdenhance enhance` would with the weights being trained, and scored the same way; so a
+    validation figure is the figure `evaluate` will report for the exported checkpoint."""
 
-    def __init__(self, config: TrainConfig):
-        self.config = config
+    def __init__(self, config: TrainConfig, weights_path: Path):
+        self.card = ModelCard(config.name, weights_path, checkpoint_meta(config))
+        crop = tuple(config.val_crop) if config.val_crop else None
         # the headline degradation keeps the plain file name as the case name, each family adds "|label"
         families = {"": config.val_degradation or config.degradation, **config.val_families}
+        self.setups = {
+            label: Setup(spec=spec, modality=config.modality, methods=(OURS,), card=self.card, crop=crop)
+            for label, spec in families.items()
+        }
         self.cases = []
         for i, path in enumerate(config.paths(config.val_files)):
             volume = read_volume(path)
-            for label, spec in families.items():
+            for label, setup in self.setups.items():
                 name = f"{path.name}|{label}" if label else path.name
-                # seeded as `sdenhance evaluate` seeds its cases, and prepared the same way
-                self.cases.append((name, *self._prepare(volume, spec, np.random.default_rng([config.seed, i]))))
+                case = prepare_case(name, volume, setup, np.random.default_rng([setup.seed, i]))
+                self.cases.append((case, setup))
 
-    def _prepare(self, volume, spec: dict, rng: np.random.Generator):
-        """(model input, reference, normaliser): denoising as `sdenhance evaluate` prepares it; SR as training."""
-        config = self.config
-        if config.task == "denoise":
-            noisy, reference, whole = scored_denoising_case(volume, spec, config.modality, rng, config.val_crop)
-            return noisy, reference, Normalizer.fit(whole.array, config.modality)
-        degraded, reference = make_degradation(spec)(volume.with_array(volume.array.astype(np.float32)), rng)
-        degraded, reference = _maybe_crop(degraded, config.val_crop), _maybe_crop(reference, config.val_crop)
-        return degraded, reference, Normalizer.fit(degraded.array, config.modality)
-
-    def __call__(self, model: torch.nn.Module, schedule: NoiseSchedule, device: torch.device) -> dict:
-        sampler = SamplerConfig(
-            steps=self.config.schedule.steps, patch_size=self.config.patch_size, background=self.config.background
-        )
-        key = headline(self.config.modality)
+    def __call__(self, model: torch.nn.Module) -> dict:
+        key = headline(self.card.modality)
         scores = {}
-        for name, degraded, reference, normalizer in self.cases:
-            x0 = sample(
-                model, schedule, normalizer.forward(degraded.array), tuple(reversed(degraded.spacing)), sampler, device
-            )
-            ours = quality(reference.array, normalizer.inverse(x0), self.config.modality)
-            base = quality(reference.array, degraded.array, self.config.modality)
-            scores[name] = ours | {f"degraded_{key}": base[key]}
+        for case, setup in self.cases:
+            ours = run_ours(case, setup, model).scores
+            base = quality(case.reference.array, case.degraded.array, self.card.modality)
+            scores[case.name] = ours | {f"degraded_{key}": base[key]}
         return scores
-
-
-def _maybe_crop(volume, size: list[int] | None):
-    return volume if size is None else centre_crop(volume, size)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -369,7 +361,7 @@ def train(
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     schedule = NoiseSchedule(config.schedule)
     timesteps = schedule.training_timesteps(dense)
-    validator = Validator(config) if rank == 0 and config.val_files else None
+    validator = Validator(config, output / f"{config.name}.safetensors") if rank == 0 and config.val_files else None
     log_header = ["step", "loss", "lr", "step_s", "patches_per_s"]
     log = _CsvLog(output / "log.csv", log_header, next_step=run.step + 1) if rank == 0 else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -410,11 +402,11 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.2e}")
         if validator and (run.step % config.val_every == 0 or run.step == max_steps):
-            last_metrics = _validate(validator, ema.module, schedule, device, output, run.step)
+            last_metrics = _validate(validator, ema.module, output, run.step)
         if run.step % config.ckpt_every == 0:
             _checkpoint(config, run, output, last_metrics, dense, world, rank)
     if validator and not last_metrics:
-        last_metrics = _validate(validator, ema.module, schedule, device, output, run.step)
+        last_metrics = _validate(validator, ema.module, output, run.step)
     _checkpoint(config, run, output, last_metrics, dense, world, rank)
     if bar is not None:
         bar.close()
@@ -433,8 +425,8 @@ def train(
     return summary
 
 
-def _validate(validator: Validator, model, schedule, device, output: Path, step: int) -> dict:
-    scores = validator(model, schedule, device)
+def _validate(validator: Validator, model, output: Path, step: int) -> dict:
+    scores = validator(model)
     log = _CsvLog(output / "val.csv", ["step", "case", "metric", "value"], next_step=step)
     for case, values in scores.items():
         for metric, value in values.items():

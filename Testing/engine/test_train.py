@@ -9,9 +9,11 @@ from safetensors.torch import load_file
 from sdenhance.checkpoint import load_model
 from sdenhance.data import Pair, PatchSampler
 from sdenhance.degrade import make_degradation
-from sdenhance.io import Volume, write_volume
+from sdenhance.evaluate import Setup, prepare_case, run_ours
+from sdenhance.io import Volume, read_volume, write_volume
 from sdenhance.normalize import Normalizer
 from sdenhance.phantom import torso_phantom
+from sdenhance.registry import read_card
 from sdenhance.train import TrainConfig, lr_at, train, weights_digest
 
 
@@ -76,6 +78,25 @@ def test_training_writes_logs_and_a_loadable_checkpoint(tmp_path, config_file):
     assert np.isfinite(summary["validation"]["p1.nii.gz"]["psnr_p995"])
     # the exported weights are the EMA average, not the raw weights
     assert weights_digest(model) != summary["rank_digests"][0]
+
+
+def test_validation_scores_what_evaluate_reports_for_the_exported_checkpoint(tmp_path, config_file):
+    torch.set_num_threads(1)
+    config = TrainConfig.load(config_file)
+    summary = train(config, tmp_path / "run", progress=False)
+    setup = Setup(
+        spec=config.degradation,
+        modality="mri",
+        methods=("ours",),
+        card=read_card(tmp_path / "run" / "tiny.safetensors"),
+        crop=tuple(config.val_crop),
+    )
+    scan = config.paths(config.val_files)[0]
+    case = prepare_case(scan.name, read_volume(scan), setup, np.random.default_rng([setup.seed, 0]))
+    evaluated = run_ours(case, setup).scores
+    validated = summary["validation"]["p1.nii.gz"]
+    assert validated["psnr_p995"] == pytest.approx(evaluated["psnr_p995"], abs=1e-6)
+    assert validated["ssim_p995"] == pytest.approx(evaluated["ssim_p995"], abs=1e-6)
 
 
 def test_resume_continues_exactly_as_if_uninterrupted(tmp_path, config_file):
