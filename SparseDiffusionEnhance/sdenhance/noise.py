@@ -71,6 +71,14 @@ def estimate_noise(array: np.ndarray, modality: str) -> NoiseEstimate:
     return NoiseEstimate(100.0 * float(np.percentile(std / mean, PERCENTILE)), "% CoV")
 
 
+def noise_std_ratio(numerator: NoiseEstimate, denominator: NoiseEstimate) -> float:
+    """How much noise one scan holds relative to another of the same modality, as a ratio of noise standard
+    deviations (an SNR is inverse to the noise, HU and % CoV proportional)."""
+    if numerator.unit == "SNR":
+        return denominator.value / numerator.value
+    return numerator.value / denominator.value
+
+
 def estimated_slices(n_slices: int) -> np.ndarray:
     """The slices ``estimate_noise`` reads: at most ``MAX_SLICES``, evenly spread."""
     return np.unique(np.linspace(0, n_slices - 1, min(MAX_SLICES, n_slices)).astype(int))

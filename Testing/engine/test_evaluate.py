@@ -12,7 +12,7 @@ from sdenhance.baselines import BASELINES, baselines_for
 from sdenhance.cli import main
 from sdenhance.degrade import thick_slices
 from sdenhance.demo import demo
-from sdenhance.evaluate import Suite, meets_floor, parse_degradation
+from sdenhance.evaluate import Case, Suite, meets_floor, noise_record, parse_degradation
 from sdenhance.io import Volume, centre_crop, fine_grid, read_volume, write_volume
 from sdenhance.metrics import quality
 from sdenhance.phantom import torso_phantom
@@ -215,6 +215,23 @@ def test_suite_scores_every_family_on_every_scan_and_checks_the_floor(tmp_path, 
         assert meets_floor(row) is expected
     table = (out / "suite.md").read_text(encoding="utf-8")
     assert table.count("| torso |") == 2 and f"Floor met on {sum(meets_floor(r) for r in rows)} of 2 rows" in table
+    assert all(f"| {r['noise']['reference']} / {r['noise']['input']} |" in table for r in rows)
+
+
+def test_a_reference_with_noise_of_its_own_is_flagged_as_a_noisy_target():
+    clean = np.full((12, 64, 64), 40.0, np.float32)  # soft tissue, with no texture of its own
+    rng = np.random.default_rng(0)
+
+    def case(reference_hu, added_hu):
+        reference = Volume(clean + rng.normal(0, reference_hu, clean.shape).astype(np.float32), (1.0, 1.0, 2.0))
+        noisy = reference.with_array(reference.array + rng.normal(0, added_hu, clean.shape).astype(np.float32))
+        return Case("torso", reference, noisy, noisy)
+
+    assert noise_record(case(2, 40), "ct")["noisy_reference"] is False
+    grainy = noise_record(case(30, 20), "ct")
+    # the input holds both noises (36 HU), the reference 30 of them
+    assert grainy["noisy_reference"] is True and 0.7 < grainy["reference_to_input"] < 0.95
+    assert grainy["reference"].startswith("noise ~") and grainy["reference"].endswith(" HU")
 
 
 def test_suite_refuses_a_bad_family_before_running_anything(tmp_path, phantom_file):
