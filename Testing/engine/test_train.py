@@ -10,53 +10,22 @@ from sdenhance.checkpoint import load_model
 from sdenhance.data import Pair, PatchSampler
 from sdenhance.degrade import make_degradation
 from sdenhance.evaluate import Setup, prepare_case, run_ours
-from sdenhance.io import Volume, read_volume, write_volume
+from sdenhance.io import read_volume
 from sdenhance.normalize import Normalizer
-from sdenhance.phantom import torso_phantom
 from sdenhance.registry import read_card
 from sdenhance.train import TrainConfig, lr_at, train, weights_digest
 
 
-@pytest.fixture
-def config_file(tmp_path):
-    """A tiny MRI-noise run on two procedural phantoms (fast degradation, real pipeline)."""
-    for i in range(2):
-        phantom = torso_phantom((16, 40, 40), (2.0, 2.0, 3.0), seed=i)
-        mri_like = Volume((phantom.array.astype(np.float32) + 1024) / 4, phantom.spacing)
-        write_volume(mri_like, tmp_path / f"p{i}.nii.gz")
-    config = {
-        "name": "tiny",
-        "task": "denoise",
-        "modality": "mri",
-        "degradation": {"kind": "mri_rician", "snr": [5, 10]},
-        "train_files": ["p0.nii.gz"],
-        "val_files": ["p1.nii.gz"],
-        "val_crop": [16, 32, 32],
-        "realisations": 2,
-        "model": {"channels": [8, 16], "time_dim": 16, "stm_dim": 8, "groups": 4},
-        "schedule": {"steps": 2},
-        "patch_size": [8, 16, 16],
-        "batch_size": 2,
-        "max_steps": 6,
-        "log_every": 1,
-        "val_every": 6,
-        "ckpt_every": 3,
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def test_config_rejects_unknown_settings(tmp_path, config_file):
-    raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) | {"learning_rate": 1}
+def test_config_rejects_unknown_settings(tmp_path, train_config_file):
+    raw = yaml.safe_load(train_config_file.read_text(encoding="utf-8")) | {"learning_rate": 1}
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match="learning_rate"):
         TrainConfig.load(bad)
 
 
-def test_learning_rate_warms_up_holds_then_decays_to_its_final_value(config_file):
-    config = TrainConfig.load(config_file)
+def test_learning_rate_warms_up_holds_then_decays_to_its_final_value(train_config_file):
+    config = TrainConfig.load(train_config_file)
     config.lr, config.warmup_steps = 3e-4, 100
     assert lr_at(49, config) == pytest.approx(1.5e-4) and lr_at(5000, config) == pytest.approx(3e-4)
     config.lr_decay = {"start": 1000, "end": 2000, "final": 1e-5}
@@ -65,9 +34,9 @@ def test_learning_rate_warms_up_holds_then_decays_to_its_final_value(config_file
     assert lr_at(2000, config) == pytest.approx(1e-5) and lr_at(9000, config) == pytest.approx(1e-5)
 
 
-def test_training_writes_logs_and_a_loadable_checkpoint(tmp_path, config_file):
+def test_training_writes_logs_and_a_loadable_checkpoint(tmp_path, train_config_file):
     torch.set_num_threads(1)
-    summary = train(TrainConfig.load(config_file), tmp_path / "run", progress=False)
+    summary = train(TrainConfig.load(train_config_file), tmp_path / "run", progress=False)
     run = tmp_path / "run"
     assert summary["step"] == 6
     assert (run / "log.csv").read_text(encoding="utf-8").count("\n") == 7  # header + one row per step
@@ -80,9 +49,9 @@ def test_training_writes_logs_and_a_loadable_checkpoint(tmp_path, config_file):
     assert weights_digest(model) != summary["rank_digests"][0]
 
 
-def test_validation_scores_what_evaluate_reports_for_the_exported_checkpoint(tmp_path, config_file):
+def test_validation_scores_what_evaluate_reports_for_the_exported_checkpoint(tmp_path, train_config_file):
     torch.set_num_threads(1)
-    config = TrainConfig.load(config_file)
+    config = TrainConfig.load(train_config_file)
     summary = train(config, tmp_path / "run", progress=False)
     setup = Setup(
         spec=config.degradation,
@@ -99,9 +68,9 @@ def test_validation_scores_what_evaluate_reports_for_the_exported_checkpoint(tmp
     assert validated["ssim_p995"] == pytest.approx(evaluated["ssim_p995"], abs=1e-6)
 
 
-def test_resume_continues_exactly_as_if_uninterrupted(tmp_path, config_file):
+def test_resume_continues_exactly_as_if_uninterrupted(tmp_path, train_config_file):
     torch.set_num_threads(1)
-    config = TrainConfig.load(config_file)
+    config = TrainConfig.load(train_config_file)
     straight = train(config, tmp_path / "straight", progress=False)
     train(config, tmp_path / "split", max_steps=3, progress=False)
     log = tmp_path / "split" / "log.csv"
@@ -116,9 +85,9 @@ def test_resume_continues_exactly_as_if_uninterrupted(tmp_path, config_file):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
-def _torchrun(config_file, output, *extra, processes=2):
+def _torchrun(train_config_file, output, *extra, processes=2):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    command += ["-m", "sdenhance", "train", "--config", str(config_file), "--output", str(output)]
+    command += ["-m", "sdenhance", "train", "--config", str(train_config_file), "--output", str(output)]
     return subprocess.run(
         [*command, "--threads", "1", "--no-progress", *extra], capture_output=True, text=True, timeout=600
     )
@@ -128,15 +97,15 @@ def _summary(output):
     return yaml.safe_load((output / "summary.yaml").read_text(encoding="utf-8"))
 
 
-def test_two_process_ddp_resumes_exactly_as_if_uninterrupted(tmp_path, config_file):
+def test_two_process_ddp_resumes_exactly_as_if_uninterrupted(tmp_path, train_config_file):
     """Each rank's random streams are saved: after --resume every rank draws what it would have drawn."""
-    straight = _torchrun(config_file, tmp_path / "straight", "--max-steps", "6")
+    straight = _torchrun(train_config_file, tmp_path / "straight", "--max-steps", "6")
     assert straight.returncode == 0, straight.stderr[-3000:]
     digests = _summary(tmp_path / "straight")["rank_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]  # DDP keeps the replicas identical
-    first = _torchrun(config_file, tmp_path / "split", "--max-steps", "3")
+    first = _torchrun(train_config_file, tmp_path / "split", "--max-steps", "3")
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = _torchrun(config_file, tmp_path / "split", "--max-steps", "6", "--resume")
+    resumed = _torchrun(train_config_file, tmp_path / "split", "--max-steps", "6", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _summary(tmp_path / "split")["rank_digests"] == digests
     a, b = load_file(tmp_path / "straight" / "tiny.safetensors"), load_file(tmp_path / "split" / "tiny.safetensors")
@@ -144,7 +113,16 @@ def test_two_process_ddp_resumes_exactly_as_if_uninterrupted(tmp_path, config_fi
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     # a state written by two processes is not resumed by one: its second rank's streams would be lost
     single = subprocess.run(
-        [sys.executable, "-m", "sdenhance", "train", "--config", str(config_file), "--output", str(tmp_path / "split")]
+        [
+            sys.executable,
+            "-m",
+            "sdenhance",
+            "train",
+            "--config",
+            str(train_config_file),
+            "--output",
+            str(tmp_path / "split"),
+        ]
         + ["--max-steps", "8", "--resume", "--threads", "1", "--no-progress"],
         capture_output=True,
         text=True,
@@ -153,8 +131,8 @@ def test_two_process_ddp_resumes_exactly_as_if_uninterrupted(tmp_path, config_fi
     assert single.returncode == 2 and "written by 2 training process(es), this run has 1" in single.stderr
 
 
-def _with(config_file, tmp_path, **changes):
-    raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) | changes
+def _with(train_config_file, tmp_path, **changes):
+    raw = yaml.safe_load(train_config_file.read_text(encoding="utf-8")) | changes
     path = tmp_path / "changed.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -171,9 +149,9 @@ def _with(config_file, tmp_path, **changes):
         ({"patch_degradation": {"kind": "mri_rician", "snr": 5}, "patch_share": 1.5}, r"\[0, 1\]"),
     ],
 )
-def test_config_errors_are_found_when_it_loads_not_hours_later(tmp_path, config_file, changes, message):
+def test_config_errors_are_found_when_it_loads_not_hours_later(tmp_path, train_config_file, changes, message):
     with pytest.raises(ValueError, match=message):
-        TrainConfig.load(_with(config_file, tmp_path, **changes))
+        TrainConfig.load(_with(train_config_file, tmp_path, **changes))
 
 
 def _sampler_on_a_flat_volume(patch_share: float) -> PatchSampler:
@@ -197,13 +175,13 @@ def test_patch_degradation_replaces_the_cached_realisations_for_its_share_of_pat
     assert 10 < int((offsets > 0.05).sum()) < 54  # about half the patches are degraded afresh
 
 
-def test_a_new_run_can_start_from_a_checkpoints_weights(tmp_path, config_file):
+def test_a_new_run_can_start_from_a_checkpoints_weights(tmp_path, train_config_file):
     torch.set_num_threads(1)
-    first = train(TrainConfig.load(config_file), tmp_path / "first", max_steps=3, progress=False)
-    config = TrainConfig.load(config_file)
+    first = train(TrainConfig.load(train_config_file), tmp_path / "first", max_steps=3, progress=False)
+    config = TrainConfig.load(train_config_file)
     config.init_from = str(tmp_path / "first" / "tiny.safetensors")
     warm = train(config, tmp_path / "warm", max_steps=0, progress=False)
-    cold = train(TrainConfig.load(config_file), tmp_path / "cold", max_steps=0, progress=False)
+    cold = train(TrainConfig.load(train_config_file), tmp_path / "cold", max_steps=0, progress=False)
     exported = load_model(tmp_path / "first" / "tiny.safetensors")[0]
     assert warm["rank_digests"][0] == weights_digest(exported) != cold["rank_digests"][0]
     assert load_model(tmp_path / "warm" / "tiny.safetensors")[1].meta["training"]["init_from"] == config.init_from

@@ -1,0 +1,46 @@
+"""scripts/sparse_vs_dense.py trains both schedules side by side on a tiny config and reports their curves."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from sdenhance.registry import read_card
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "sparse_vs_dense.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("sparse_vs_dense", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sparse_vs_dense"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_steps_to_a_psnr_are_interpolated_between_validations(script):
+    curve = {"steps": [100, 200, 300], "seconds": [60.0, 120.0, 180.0], "psnr": [20.0, 24.0, 25.0]}
+    assert script.reaching(curve, 22.0) == pytest.approx((150.0, 90.0))
+    assert script.reaching(curve, 19.0) == (100.0, 60.0)
+    assert script.reaching(curve, 26.0) is None
+
+
+def test_both_schedules_train_from_scratch_and_are_compared(tmp_path, train_config_file, script):
+    out = tmp_path / "cmp"
+    args = ["--config", str(train_config_file), "--output", str(out), "--steps", "4", "--val-every", "2"]
+    assert script.main([*args, "--dense-sampling-steps", "3"]) == 0
+    sparse, dense = (read_card(out / s / f"tiny-{s}.safetensors").meta for s in ("sparse", "dense"))
+    assert sparse["training"]["timesteps_drawn"] == "sparse" and sparse["sampling_steps"] is None
+    assert dense["training"]["timesteps_drawn"] == "dense" and dense["sampling_steps"] == 3
+    assert sparse["training"]["init_from"] is None and dense["training"]["steps"] == 4
+    report = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    for curve in report["runs"].values():
+        assert curve["steps"] == [2, 4] and 0 < curve["seconds"][0] < curve["seconds"][1]
+    assert report["target_psnr"] == min(max(c["psnr"]) for c in report["runs"].values())
+    reached = report["reached"]
+    assert report["dense_over_sparse_steps"] == pytest.approx(
+        reached["dense"]["steps"] / reached["sparse"]["steps"], rel=0.2
+    )
+    assert (out / "curves.png").stat().st_size > 10_000
