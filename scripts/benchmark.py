@@ -62,7 +62,7 @@ from sdenhance.metrics import quality
 from sdenhance.model import ModelConfig, SparseDiffusionUNet, count_parameters
 from sdenhance.normalize import Normalizer
 from sdenhance.phantom import torso_phantom
-from sdenhance.pipeline import Enhancement, EnhanceOptions, pick_precision, sampler_config
+from sdenhance.pipeline import Enhancement, EnhanceOptions, default_steps, pick_precision, sampler_config
 from sdenhance.registry import ModelCard, read_card, resolve
 from sdenhance.sampler import (
     PatchDenoiser,
@@ -741,18 +741,36 @@ def bench_costmodel(ctx: Context) -> dict:
     }
 
 
+def seam_ratio(array: np.ndarray, patch: tuple[int, int, int]) -> float:
+    """How much larger the step between neighbouring voxels is across the borders of non-overlapping windows than
+    elsewhere (mean absolute difference, the largest of the three axes): ~1 where no seam shows, above 1 where
+    windows sampled apart meet without blending."""
+    array = array.astype(np.float32)
+    ratios = []
+    for axis, slices in enumerate(zip(*window_slices(array.shape, patch, 0.0), strict=True)):
+        borders = sorted({s.start for s in slices} - {0})
+        steps = np.abs(np.diff(array, axis=axis)).mean(axis=tuple(a for a in range(3) if a != axis))
+        across = np.zeros(len(steps), dtype=bool)
+        across[[b - 1 for b in borders]] = True  # np.diff's element b - 1 is the step from b - 1 to b
+        if across.any() and (~across).any():
+            ratios.append(float(steps[across].mean() / steps[~across].mean()))
+    return round(max(ratios), 3) if ratios else 1.0
+
+
 def bench_levers(ctx: Context) -> dict:
     """The levers side by side on the whole scan, then the preview of its middle slab."""
     volume, path, source = levers_input(ctx)
+    patch = tuple(ctx.card.meta["patch_size"])
     runs, outputs = [], []
     for i, (steps, overlap) in enumerate(ctx.args.lever_runs):
-        steps = steps or ctx.card.meta["schedule"]["steps"]
+        steps = steps or default_steps(ctx.card)
         extra = ["--steps", str(steps), "--overlap", str(overlap)]
         output = ctx.work / f"lever-{i}.nrrd"
         run = {"steps": steps, "overlap": overlap} | run_cli(ctx, path, output, *extra)
         run["estimate_error"] = round(run["estimate_s"] / run["engine_s"] - 1, 3)
         outputs.append((extra, read_volume(output)))
         output.unlink()
+        run["seam_ratio"] = seam_ratio(outputs[-1][1].array, patch)
         if i:
             run["vs_first"] = scores(outputs[0][1], outputs[-1][1].array.astype(np.float32), ctx.modality)
         runs.append(run)
@@ -773,6 +791,7 @@ def bench_levers(ctx: Context) -> dict:
         print(f"  preview {run}", flush=True)
     return {
         "input": source,
+        "input_seam_ratio": seam_ratio(volume.array, patch),
         "runs": runs,
         "previews": previews,
         "target": "preview <= 3 s; estimate_s within 30 % of engine_s",

@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
@@ -65,16 +66,33 @@ FIGURES = {
         "network_gflops_per_s",
         "rows",
     },
-    "levers": {"input", "runs", "previews", "target"},
+    "levers": {"input", "input_seam_ratio", "runs", "previews", "target"},
 }
 SCORES = {"psnr_window", "ssim_window", "psnr_full", "ssim_full"}
 
 
-def test_quick_benchmark_writes_every_figure(tmp_path, tiny_checkpoints, monkeypatch):
+def _benchmark(monkeypatch):
     spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
     benchmark = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "benchmark", benchmark)  # dataclasses look their module up there
     spec.loader.exec_module(benchmark)
+    return benchmark
+
+
+def test_seam_ratio_sees_windows_that_meet_without_blending(monkeypatch):
+    benchmark = _benchmark(monkeypatch)
+    rng = np.random.default_rng(0)
+    smooth = rng.normal(0, 1, (40, 150, 150)).astype(np.float32)
+    patch = (16, 64, 64)
+    assert benchmark.seam_ratio(smooth, patch) == pytest.approx(1.0, abs=0.1)
+    seamed = smooth.copy()
+    for window in benchmark.window_slices(smooth.shape, patch, 0.0):
+        seamed[window] += rng.normal(0, 1)  # each window off by its own offset, as if sampled apart
+    assert benchmark.seam_ratio(seamed, patch) > 1.5
+
+
+def test_quick_benchmark_writes_every_figure(tmp_path, tiny_checkpoints, monkeypatch):
+    benchmark = _benchmark(monkeypatch)
     out = tmp_path / "bench.json"
     argv = ["--quick", "--threads", "1", "--checkpoint", str(tiny_checkpoints["denoise"]), "--precisions", "fp32"]
     assert benchmark.main([*argv, "--dense-steps", "6", "--sweep-steps", "1", "2", "--out", str(out)]) == 0
@@ -129,6 +147,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path, tiny_checkpoints, monkeyp
     assert "vs_first" not in levers["runs"][0] and all(SCORES <= set(r["vs_first"]) for r in levers["runs"][1:])
     for run in levers["runs"]:
         assert run["estimate_error"] == pytest.approx(run["estimate_s"] / run["engine_s"] - 1, abs=2e-3)
+    assert all(run["seam_ratio"] > 0 for run in levers["runs"]) and levers["input_seam_ratio"] > 0
     first, one_pass = levers["previews"]
     assert (first["steps"], one_pass["steps"]) == (2, 1)
     assert one_pass["slice_max_abs_diff_vs_run"] == 0  # with one pass the preview slice is the whole run's
