@@ -69,7 +69,7 @@ def level_ends(spec: dict) -> list[dict]:
 def noise_range(config_path: Path) -> dict | None:
     """Lowest and highest noise estimate over the training scans degraded at the ends of each training
     degradation's range: the inputs the model has seen. None for super-resolution."""
-    from sdenhance.train import TrainConfig
+    from sdenhance.config import TrainConfig
 
     config = TrainConfig.load(config_path)
     if config.task != "denoise":

@@ -346,7 +346,8 @@ def add_train_parser(sub) -> None:
 def run_train(args) -> int:
     import torch
 
-    from .train import TrainConfig, train
+    from .config import TrainConfig
+    from .train import train
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -678,7 +678,7 @@ def _sources_and_degradation(args, suite=None) -> tuple[list[Path], dict, str | 
         return suite.files, next(iter(suite.families.values())), suite.modality
     sources, config = [Path(r) for r in args.references], None
     if args.config:
-        from .train import TrainConfig
+        from .config import TrainConfig
 
         config = TrainConfig.load(args.config)
         sources += config.paths(config.val_files)

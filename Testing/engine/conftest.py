@@ -6,6 +6,17 @@ from sdenhance.phantom import torso_phantom
 from sdenhance.testing import make_tiny_checkpoint
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test that pins torch to one thread (as a training run does) must not leave later tests on one: results
+    of the same run differ in the last bits between thread counts, and tests compare runs in and out of process."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
     """Random-weight checkpoints of the real format: denoise and SR (x2 along z), CT."""

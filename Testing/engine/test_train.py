@@ -7,13 +7,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from sdenhance.checkpoint import load_model
+from sdenhance.config import TrainConfig
 from sdenhance.data import Pair, PatchSampler
 from sdenhance.degrade import make_degradation
 from sdenhance.evaluate import Setup, prepare_case, run_ours
 from sdenhance.io import read_volume
 from sdenhance.normalize import Normalizer
 from sdenhance.registry import read_card
-from sdenhance.train import TrainConfig, lr_at, train, weights_digest
+from sdenhance.train import lr_at, train, weights_digest
 
 
 def test_config_rejects_unknown_settings(tmp_path, train_config_file):
