@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from sdenhance.metrics import headline
 
 SCHEDULES = ("sparse", "dense")
 
@@ -75,8 +76,8 @@ def train_both(args: argparse.Namespace) -> None:
         raise SystemExit(f"a training run failed (exit codes {codes}); see {args.output}/*.log")
 
 
-def curves(run: Path) -> dict:
-    """Validation step -> mean headline PSNR/SSIM over the cases, and the training minutes spent by then."""
+def curves(run: Path, psnr_key: str) -> dict:
+    """Validation step -> mean headline PSNR/SSIM over the cases, and the training seconds spent by then."""
     seconds, elapsed = {}, 0.0
     with (run / "log.csv").open(encoding="utf-8") as f:
         for row in csv.DictReader(f):
@@ -86,7 +87,7 @@ def curves(run: Path) -> dict:
     with (run / "val.csv").open(encoding="utf-8") as f:
         for row in csv.DictReader(f):
             metric = row["metric"]
-            if metric.startswith(("psnr", "ssim")):
+            if metric in (psnr_key, psnr_key.replace("psnr", "ssim")):
                 scores[int(row["step"])][metric[:4]].append(float(row["value"]))
     steps = sorted(s for s in scores if s in seconds)
     return {
@@ -111,8 +112,10 @@ def reaching(curve: dict, target: float) -> tuple[float, float] | None:
 
 
 def compare(folder: Path) -> dict:
-    runs = {s: curves(folder / s) for s in SCHEDULES if (folder / s / "val.csv").is_file()}
-    out = {"runs": runs}
+    modality = yaml.safe_load((folder / "sparse.yaml").read_text(encoding="utf-8"))["modality"]
+    key = headline(modality)
+    runs = {s: curves(folder / s, key) for s in SCHEDULES if (folder / s / "val.csv").is_file()}
+    out = {"metric": key, "runs": runs}
     if len(runs) == 2 and all(r["psnr"] for r in runs.values()):
         target = min(max(r["psnr"]) for r in runs.values())  # the best PSNR both schedules reach
         reached = {s: reaching(r, target) for s, r in runs.items()}

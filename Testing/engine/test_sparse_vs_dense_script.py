@@ -36,6 +36,7 @@ def test_both_schedules_train_from_scratch_and_are_compared(tmp_path, train_conf
     assert dense["training"]["timesteps_drawn"] == "dense" and dense["sampling_steps"] == 3
     assert sparse["training"]["init_from"] is None and dense["training"]["steps"] == 4
     report = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    assert report["metric"] == "psnr_p995"  # the MRI headline, not a mean of every PSNR variant
     for curve in report["runs"].values():
         assert curve["steps"] == [2, 4] and 0 < curve["seconds"][0] < curve["seconds"][1]
     assert report["target_psnr"] == min(max(c["psnr"]) for c in report["runs"].values())
