@@ -1,16 +1,12 @@
 """scripts/benchmark.py runs end to end in --quick mode on a tiny checkpoint (not a timed test): every benchmark
 reports the figures the README quotes, and the figures derived from others agree with them."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
+from sde_script_helpers import script_module
 
 
 def _numbers(value):
@@ -71,16 +67,14 @@ FIGURES = {
 SCORES = {"psnr_window", "ssim_window", "psnr_full", "ssim_full"}
 
 
-def _benchmark(monkeypatch):
-    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
-    benchmark = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "benchmark", benchmark)  # dataclasses look their module up there
-    spec.loader.exec_module(benchmark)
-    return benchmark
+@pytest.fixture(scope="module")
+def benchmark_script():  # not "benchmark": pytest-benchmark's fixture has that name
+    with script_module("benchmark") as module:
+        yield module
 
 
-def test_seam_ratio_sees_windows_that_meet_without_blending(monkeypatch):
-    benchmark = _benchmark(monkeypatch)
+def test_seam_ratio_sees_windows_that_meet_without_blending(benchmark_script):
+    benchmark = benchmark_script
     rng = np.random.default_rng(0)
     smooth = rng.normal(0, 1, (40, 150, 150)).astype(np.float32)
     patch = (16, 64, 64)
@@ -91,8 +85,8 @@ def test_seam_ratio_sees_windows_that_meet_without_blending(monkeypatch):
     assert benchmark.seam_ratio(seamed, patch) > 1.5
 
 
-def test_quick_benchmark_writes_every_figure(tmp_path, tiny_checkpoints, monkeypatch):
-    benchmark = _benchmark(monkeypatch)
+def test_quick_benchmark_writes_every_figure(tmp_path, tiny_checkpoints, benchmark_script):
+    benchmark = benchmark_script
     out = tmp_path / "bench.json"
     argv = ["--quick", "--threads", "1", "--checkpoint", str(tiny_checkpoints["denoise"]), "--precisions", "fp32"]
     assert benchmark.main([*argv, "--dense-steps", "6", "--sweep-steps", "1", "2", "--out", str(out)]) == 0

@@ -1,25 +1,16 @@
 """scripts/gpu_check.py without a GPU: it refuses clearly, and its parity figures and table are right."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from sde_script_helpers import script_module
 from sdenhance.metrics import quality
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["gpu_check"]
+    with script_module("gpu_check") as module:
+        yield module
 
 
 def test_without_cuda_it_says_so_and_exits_2(gpu_check, monkeypatch, capsys):

@@ -1,23 +1,16 @@
 """scripts/sparse_vs_dense.py trains both schedules side by side on a tiny config and reports their curves."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from sde_script_helpers import script_module
 from sdenhance.registry import read_card
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "sparse_vs_dense.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("sparse_vs_dense", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sparse_vs_dense"] = module
-    spec.loader.exec_module(module)
-    return module
+    with script_module("sparse_vs_dense") as module:
+        yield module
 
 
 def test_steps_to_a_psnr_are_interpolated_between_validations(script):
