@@ -197,26 +197,22 @@ class Validator:
         crop = tuple(config.val_crop) if config.val_crop else None
         # the headline degradation keeps the plain file name as the case name, each family adds "|label"
         families = {"": config.val_degradation or config.degradation, **config.val_families}
-        self.setups = {
+        setups = {
             label: Setup(spec=spec, modality=config.modality, methods=(OURS,), card=self.card, crop=crop)
             for label, spec in families.items()
         }
-        self.cases = []
+        key = headline(config.modality)
+        self.cases = []  # (case, its setup, the input's headline score: the same at every validation)
         for i, path in enumerate(config.paths(config.val_files)):
             volume = read_volume(path)
-            for label, setup in self.setups.items():
+            for label, setup in setups.items():
                 name = f"{path.name}|{label}" if label else path.name
                 case = prepare_case(name, volume, setup, np.random.default_rng([setup.seed, i]))
-                self.cases.append((case, setup))
+                degraded = quality(case.reference.array, case.degraded.array, config.modality)[key]
+                self.cases.append((case, setup, {f"degraded_{key}": degraded}))
 
     def __call__(self, model: torch.nn.Module) -> dict:
-        key = headline(self.card.modality)
-        scores = {}
-        for case, setup in self.cases:
-            ours = run_ours(case, setup, model).scores
-            base = quality(case.reference.array, case.degraded.array, self.card.modality)
-            scores[case.name] = ours | {f"degraded_{key}": base[key]}
-        return scores
+        return {case.name: run_ours(case, setup, model).scores | degraded for case, setup, degraded in self.cases}
 
 
 def weights_digest(model: torch.nn.Module) -> str:
