@@ -26,7 +26,7 @@ Benchmarks (names for --only), sizes as (z, y, x):
                 (K, Heun), overlap factor (voxels in windows / voxels in the volume) and share of windows
                 skipped as air at overlaps 0.25, 0.1 and 0, with the seconds per window measured here.
   levers        each speed lever on the whole --levers-scan side by side, each in its own `sdenhance enhance`
-                process (--lever-runs, K and overlap): seconds, peak RSS, the estimate printed before the run,
+                process (--lever-runs, K, overlap and backend): seconds, peak RSS, the estimate printed before the run,
                 PSNR/SSIM against the first run; then --preview of the middle slab with the first two runs'
                 settings, its slice against theirs. Targets: preview <= 3 s, estimate within 30 %.
 
@@ -141,7 +141,8 @@ class Context:
         return self.card.modality
 
     def options(self, **changes) -> EnhanceOptions:
-        """`sdenhance enhance`'s options with the benchmark's steps, batch, precision and layout, and ``changes``."""
+        """`sdenhance enhance`'s options with the benchmark's steps, batch, precision and layout, and ``changes``;
+        PyTorch runs the network here (the timers hook its modules); the levers compare backends in their runs."""
         channels_last = {"auto": None, "on": True, "off": False}[self.args.channels_last]
         options = EnhanceOptions(
             steps=self.args.steps,
@@ -149,6 +150,7 @@ class Context:
             precision=self.args.precision,
             channels_last=channels_last,
             device=self.device.type,
+            backend="torch",
         )
         return replace(options, **changes)
 
@@ -313,6 +315,8 @@ def run_cli(ctx: Context, source: Path, output: Path, *extra: str) -> dict:
     out = {
         "wall_s": round(wall, 2),
         "engine_s": done["seconds"],
+        "backend": start["backend"],
+        "precision": start["precision"],
         "estimate_s": start["estimate_s"],
         "calibration_s": start["calibration_s"],
         "peak_rss_gb": round(rss / GB, 3),
@@ -762,9 +766,9 @@ def bench_levers(ctx: Context) -> dict:
     volume, path, source = levers_input(ctx)
     patch = tuple(ctx.card.meta["patch_size"])
     runs, outputs = [], []
-    for i, (steps, overlap) in enumerate(ctx.args.lever_runs):
+    for i, (steps, overlap, backend) in enumerate(ctx.args.lever_runs):
         steps = steps or default_steps(ctx.card)
-        extra = ["--steps", str(steps), "--overlap", str(overlap)]
+        extra = ["--steps", str(steps), "--overlap", str(overlap), "--backend", backend]
         output = ctx.work / f"lever-{i}.nrrd"
         run = {"steps": steps, "overlap": overlap} | run_cli(ctx, path, output, *extra)
         run["estimate_error"] = round(run["estimate_s"] / run["engine_s"] - 1, 3)
@@ -782,7 +786,7 @@ def bench_levers(ctx: Context) -> dict:
         run = run_cli(ctx, path, output, *extra, "--preview")
         slab = read_volume(output).array[middle - run["preview"]["start"]].astype(np.float32)
         difference = slab - full.array[middle].astype(np.float32)
-        run |= {"steps": runs[len(previews)]["steps"], "overlap": runs[len(previews)]["overlap"], "slice": middle}
+        run |= {key: runs[len(previews)][key] for key in ("steps", "overlap", "backend")} | {"slice": middle}
         run |= {
             "slice_max_abs_diff_vs_run": round(float(np.abs(difference).max()), 2),
             "slice_rms_diff_vs_run": round(float(np.sqrt(np.mean(difference**2))), 3),
@@ -913,10 +917,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--lever-runs",
         nargs="+",
         type=_lever_run,
-        default=[_lever_run(run) for run in ("K:0.25", "1:0.25", "1:0.1", "1:0")],
-        metavar="STEPS:OVERLAP",
+        default=[_lever_run(run) for run in LEVER_RUNS],
+        metavar="STEPS:OVERLAP[:BACKEND]",
         help="runs of the levers benchmark, the first the reference (K: the K the checkpoint was trained for; "
-        "default K:0.25 1:0.25 1:0.1 1:0)",
+        f"BACKEND: as enhance --backend, default auto; default {' '.join(LEVER_RUNS)})",
     )
     p.add_argument("--degradation", default=json.dumps(DEGRADATION), help="JSON degradation spec")
     p.add_argument("--dense-steps", type=int, help="steps of the dense chain (default 999; 20 with --quick)")
@@ -950,10 +954,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _lever_run(text: str) -> tuple[int | None, float]:
-    """STEPS:OVERLAP, STEPS K meaning the checkpoint's own."""
-    steps, overlap = text.split(":")
-    return (None if steps == "K" else int(steps)), float(overlap)
+#: The default levers: PyTorch at today's default, then one lever at a time, then the backend `auto` picks.
+LEVER_RUNS = ("K:0.25:torch", "1:0.25:torch", "1:0.1:torch", "1:0:torch", "1:0.1:auto")
+
+
+def _lever_run(text: str) -> tuple[int | None, float, str]:
+    """STEPS:OVERLAP[:BACKEND], STEPS K meaning the checkpoint's own, BACKEND auto unless given."""
+    steps, overlap, backend = (text.split(":") + ["auto"])[:3]
+    return (None if steps == "K" else int(steps)), float(overlap), backend
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1060,7 +1068,8 @@ def summary(results: dict) -> str:
         for x in results["levers"]["runs"] + results["levers"]["previews"]:
             kind = "preview" if "preview" in x else "run"
             lines.append(
-                f"levers {kind} K={x['steps']} overlap {x['overlap']}: {x['engine_s']} s (estimated {x['estimate_s']}),"
+                f"levers {kind} K={x['steps']} overlap {x['overlap']} {x['backend']}: {x['engine_s']} s "
+                f"(estimated {x['estimate_s']}),"
                 f" {x['peak_rss_gb']} GB, vs first {x.get('vs_first', {}).get('psnr_window', '-')} dB"
             )
     if "reference" in results:

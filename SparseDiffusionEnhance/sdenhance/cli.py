@@ -62,8 +62,9 @@ class Reporter:
 
             noise = f", input {fields['noise']}" if fields.get("noise") else ""
             estimate = f"; estimated {fields['estimate_s']:.0f} s" if "estimate_s" in fields else ""  # old servers
+            network = f" ({fields['backend']}, {fields['precision']})" if "backend" in fields else ""
             print(
-                f"device {fields['device']}, {fields['input_shape']} -> {fields['output_shape']}, "
+                f"device {fields['device']}{network}, {fields['input_shape']} -> {fields['output_shape']}, "
                 f"{self.evaluations} network passes{noise}{estimate}",
                 file=sys.stderr,
             )
@@ -150,6 +151,12 @@ def add_enhance_parser(sub) -> None:
         default="auto",
         help="auto: bf16 on CPUs with AMX or AVX512-BF16 (faster, same quality; see README), else fp32",
     )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "openvino"],
+        default="auto",
+        help="auto: OpenVINO for float32 on the CPU when installed (faster; see README), else PyTorch",
+    )
     p.add_argument("--no-skip-background", action="store_true", help="run the model on air patches too")
     p.add_argument(
         "--preview",
@@ -221,6 +228,7 @@ def run_enhance(args) -> int:
         overlap=args.overlap,
         sw_batch_size=args.batch,
         precision=args.precision,
+        backend=args.backend,
         skip_background=not args.no_skip_background,
         preview=args.preview,
     )
@@ -242,6 +250,8 @@ def run_enhance(args) -> int:
             reporter.warning(warning)
     reporter.start(
         device=str(plan.device),
+        backend=plan.sampler.backend,
+        precision=plan.sampler.precision,
         input_shape=list(volume.array.shape),
         output_shape=list(plan.output_shape),
         evaluations=plan.evaluations,

@@ -109,6 +109,8 @@ class Setup:
     device: str = "auto"
     crop: tuple[int, int, int] | None = None
     samples: int = 1
+    overlap: float = 0.25
+    backend: str = "auto"
 
     @property
     def task(self) -> str:
@@ -129,6 +131,8 @@ class Setup:
             seed=self.seed,
             samples=self.samples,
             device=self.device,
+            overlap=self.overlap,
+            backend=self.backend,
             **self.sr_params,
         )
 
@@ -232,8 +236,9 @@ def run_ours(case: Case, setup: Setup, model: torch.nn.Module | None = None) -> 
     options = replace(setup.enhance_options(), normalizer=case.normalizer)
     result, seconds = _timed(enhance_volume, case.model_input, setup.card, options, model=model)
     scores = quality(case.reference.array, result.volume.array, setup.modality)
-    # the precision auto picked on this machine: bf16 and fp32 differ in the third decimal of the PSNR
-    settings = {"steps": result.sampler.steps, "seed": setup.seed, "precision": result.sampler.precision}
+    # the precision and backend auto picked on this machine: bf16 and fp32 differ in the third decimal of the PSNR
+    sampler = result.sampler
+    settings = {"steps": sampler.steps, "seed": setup.seed, "precision": sampler.precision, "backend": sampler.backend}
     settings |= {"samples": options.samples} if options.samples > 1 else {}
     return MethodResult(f"ours ({setup.card.name})", result.volume.array, scores, seconds, settings)
 
@@ -665,6 +670,8 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="sparse steps K for our model (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="seeds the degradation and the sampler")
     p.add_argument("--samples", type=int, default=1, help="samples our model averages (as `enhance --samples`)")
+    p.add_argument("--overlap", type=float, default=0.25, help="window overlap of our model (as `enhance --overlap`)")
+    p.add_argument("--backend", choices=["auto", "torch", "openvino"], default="auto", help="as `enhance --backend`")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch and SimpleITK (timings depend on it)")
     p.add_argument("-o", "--output", default="evaluation", help="output folder (default: ./evaluation)")
@@ -712,7 +719,19 @@ def setup_from_args(args, suite=None) -> tuple[list[Path], Setup]:
     modality = asked or (card.modality if card else None)
     if modality is None:
         raise ValueError("give --modality (a slice-thickening degradation fits any modality)")
-    setup = Setup(spec, modality, tuple(methods), card, args.steps, args.seed, args.device, args.crop, args.samples)
+    setup = Setup(
+        spec,
+        modality,
+        tuple(methods),
+        card,
+        args.steps,
+        args.seed,
+        args.device,
+        args.crop,
+        args.samples,
+        args.overlap,
+        args.backend,
+    )
     if card:
         from .pipeline import check_compatible
 

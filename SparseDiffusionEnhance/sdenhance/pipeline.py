@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from .backend import pick_backend
 from .checkpoint import load_model, schedule_of
 from .errors import CheckpointError, VolumeError
 from .io import AXIS_TO_NUMPY, Volume, sr_model_input, validate_intensities
@@ -39,6 +40,7 @@ class EnhanceOptions:
     overlap: float = 0.25
     sw_batch_size: int | None = None
     precision: str = "auto"  # fp32 | bf16 | fp16 | auto (see pick_precision)
+    backend: str = "auto"  # torch | openvino | auto (see backend.pick_backend)
     skip_background: bool = True
     channels_last: bool | None = None  # channels-last 3D network; None: only where it was measured faster
     # enhance only the slab of windows around this input slice along the model's through-plane axis ("middle")
@@ -78,6 +80,7 @@ def sampler_config(card: ModelCard, options: EnhanceOptions, device: torch.devic
         raise VolumeError(f"patch size {patch}: each side must be a positive multiple of {multiple}")
     if not 0 <= options.overlap < 1:
         raise VolumeError(f"overlap {options.overlap} must be in [0, 1)")
+    precision = pick_precision(options.precision, device)
     return SamplerConfig(
         steps=_checked_counts(card, options),
         heun=options.heun,
@@ -85,7 +88,8 @@ def sampler_config(card: ModelCard, options: EnhanceOptions, device: torch.devic
         overlap=options.overlap,
         sw_batch_size=options.sw_batch_size or (16 if device.type == "cuda" else 4),
         seed=options.seed,
-        precision=pick_precision(options.precision, device),
+        precision=precision,
+        backend=pick_backend(options.backend, device, precision),
         channels_last=options.channels_last,
         background=card.meta.get("background") if options.skip_background else None,
     )

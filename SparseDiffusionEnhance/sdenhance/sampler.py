@@ -26,6 +26,7 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
+from .backend import OpenVINONetwork
 from .model import SparseDiffusionUNet
 from .schedule import NoiseSchedule, eps_from_x0, q_sample
 
@@ -43,6 +44,7 @@ class SamplerConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast for the network only)
     channels_last: bool | None = None  # channels-last 3D network; None: only where it was measured faster
     background: float | None = None  # windows whose degraded input is entirely below this are skipped
+    backend: str = "torch"  # torch | openvino (CPU float32; see backend.pick_backend)
 
 
 def sampling_pairs(timesteps: list[int]) -> list[tuple[int, int]]:
@@ -167,7 +169,7 @@ class PatchDenoiser:
 
     def __init__(
         self,
-        model: SparseDiffusionUNet,
+        model: SparseDiffusionUNet | OpenVINONetwork,
         y: torch.Tensor,
         spacing_zyx: tuple[float, float, float],
         config: SamplerConfig,
@@ -234,10 +236,14 @@ def uses_channels_last(config: SamplerConfig, device: torch.device) -> bool:
     return device.type == "cpu" and config.precision == "bf16"
 
 
-def prepare_model(model: SparseDiffusionUNet, config: SamplerConfig, device: torch.device) -> SparseDiffusionUNet:
-    """The network as the sampler runs it: in eval mode and, where it is faster, a channels-last copy (the
-    caller's model is never converted, so a trainer can sample with its live model)."""
+def prepare_model(
+    model: SparseDiffusionUNet, config: SamplerConfig, device: torch.device
+) -> SparseDiffusionUNet | OpenVINONetwork:
+    """The network as the sampler runs it: in eval mode and, where it is faster, a channels-last copy or an
+    OpenVINO graph (the caller's model is never converted, so a trainer can sample with its live model)."""
     model = model.eval()
+    if config.backend == "openvino":
+        return OpenVINONetwork(model)
     if uses_channels_last(config, device):
         model = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
     return model

@@ -190,7 +190,8 @@ def export_checkpoint(config: TrainConfig, run: Run, out_dir: Path, metrics: dic
 class Validator:
     """Held-out cases prepared exactly as `sdenhance evaluate` prepares them (same seeds, crops and normaliser
     fits), enhanced as `sdenhance enhance` would with the weights being trained, and scored the same way; so a
-    validation figure is the figure `evaluate` will report for the exported checkpoint."""
+    validation figure is the figure `evaluate --backend torch` will report for the exported checkpoint (PyTorch:
+    an OpenVINO graph would be converted anew at every validation, as the weights change)."""
 
     def __init__(self, config: TrainConfig, weights_path: Path):
         self.card = ModelCard(config.name, weights_path, checkpoint_meta(config))
@@ -198,7 +199,9 @@ class Validator:
         # the headline degradation keeps the plain file name as the case name, each family adds "|label"
         families = {"": config.val_degradation or config.degradation, **config.val_families}
         setups = {
-            label: Setup(spec=spec, modality=config.modality, methods=(OURS,), card=self.card, crop=crop)
+            label: Setup(
+                spec=spec, modality=config.modality, methods=(OURS,), card=self.card, crop=crop, backend="torch"
+            )
             for label, spec in families.items()
         }
         key = headline(config.modality)

@@ -6,7 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from sde_script_helpers import script_module
+from sdenhance.backend import pick_backend
+from sdenhance.pipeline import pick_precision
 
 
 def _numbers(value):
@@ -43,6 +46,8 @@ FIGURES = {
         "input",
         "wall_s",
         "engine_s",
+        "backend",
+        "precision",
         "estimate_s",
         "calibration_s",
         "peak_rss_gb",
@@ -137,7 +142,10 @@ def test_quick_benchmark_writes_every_figure(tmp_path, tiny_checkpoints, benchma
     assert by_overlap[0.0]["overlap_factor"] < by_overlap[0.1]["overlap_factor"] < by_overlap[0.25]["overlap_factor"]
 
     levers = results["levers"]
-    assert [(r["steps"], r["overlap"]) for r in levers["runs"]] == [(2, 0.25), (1, 0.25), (1, 0.1), (1, 0.0)]
+    runs = [(r["steps"], r["overlap"], r["backend"]) for r in levers["runs"]]
+    assert runs[:4] == [(2, 0.25, "torch"), (1, 0.25, "torch"), (1, 0.1, "torch"), (1, 0.0, "torch")]
+    cpu = torch.device("cpu")
+    assert runs[4] == (1, 0.1, pick_backend("auto", cpu, pick_precision("auto", cpu)))  # what auto picks here
     assert "vs_first" not in levers["runs"][0] and all(SCORES <= set(r["vs_first"]) for r in levers["runs"][1:])
     for run in levers["runs"]:
         assert run["estimate_error"] == pytest.approx(run["estimate_s"] / run["engine_s"] - 1, abs=2e-3)

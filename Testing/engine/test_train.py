@@ -60,6 +60,7 @@ def test_validation_scores_what_evaluate_reports_for_the_exported_checkpoint(tmp
         methods=("ours",),
         card=read_card(tmp_path / "run" / "tiny.safetensors"),
         crop=tuple(config.val_crop),
+        backend="torch",
     )
     scan = config.paths(config.val_files)[0]
     case = prepare_case(scan.name, read_volume(scan), setup, np.random.default_rng([setup.seed, 0]))
